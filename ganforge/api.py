@@ -1,0 +1,91 @@
+"""The contracts plugins implement (shape, not inheritance: subclassing these is optional but documents intent).
+
+Plugins receive tensors and modules; they never hold or call the Accelerator, so they are testable alone and
+distribution stays the engine's job.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+Stats = dict[str, torch.Tensor]  # detached scalar tensors; the engine reduces them across ranks when it needs to
+
+
+class Architecture:
+    """Builds G and D. G maps latents ``[B, latent_dim]`` to images ``[B, C, R, R]`` in [-1, 1]; D maps images to
+    logits ``[B]``."""
+
+    latent_dim: int
+    resolution: int
+    channels: int
+
+    def build_generator(self) -> nn.Module:
+        raise NotImplementedError
+
+    def build_discriminator(self) -> nn.Module:
+        raise NotImplementedError
+
+    def sample_latents(self, n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+        return torch.randn(n, self.latent_dim, generator=generator, device=device)
+
+
+@dataclass
+class PhaseContext:
+    """What a loss sees in one phase. ``real``/``real_logits`` are None in the G phase unless the loss sets
+    ``needs_real_in_g`` (relativistic losses)."""
+
+    D: nn.Module
+    fake: torch.Tensor
+    fake_logits: torch.Tensor
+    real: torch.Tensor | None = None
+    real_logits: torch.Tensor | None = None
+    step: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+class Loss:
+    """D-phase and G-phase losses from D's outputs. Each returns ``(loss, stats)``."""
+
+    needs_real_in_g: bool = False
+
+    def d_loss(self, ctx: PhaseContext) -> tuple[torch.Tensor, Stats]:
+        raise NotImplementedError
+
+    def g_loss(self, ctx: PhaseContext) -> tuple[torch.Tensor, Stats]:
+        raise NotImplementedError
+
+
+class Balancer:
+    """Decides which phases run in an iteration: ``plan`` returns a list such as ``["D", "D", "G"]``.
+
+    ``needs_stats``: when True the engine passes the previous iteration's statistics, *averaged over all ranks*
+    (every rank must take the same decision, or DDP hangs); when False it passes ``{}`` and saves the sync.
+    """
+
+    needs_stats: bool = False
+
+    def plan(self, step: int, stats: dict[str, float]) -> list[str]:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class DatasetSource:
+    """Turns a recipe's ``data:`` block into webdataset shard URLs of images.
+
+    ``prepare()`` runs once per machine (local main process first) before ``urls()``; it may write shards
+    (embedded datasets) and must be idempotent and atomic.
+    """
+
+    def prepare(self) -> None:
+        pass
+
+    def urls(self) -> list[str]:
+        raise NotImplementedError

@@ -1,0 +1,103 @@
+"""``ganforge run``: recipe -> validated plugins -> run directory -> Accelerator -> Trainer.
+
+Everything that can fail because of user input (recipe, plugin options, data URLs) is checked before the run
+directory is created, so a bad command never leaves a half-made run behind.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from . import checkpoint, config, registry
+from .errors import DataError, GanforgeError
+
+
+def _resume_guard(run_dir: Path, recipe: config.Recipe) -> None:
+    """Refuse to resume a run whose model or data changed: its checkpoint would not fit or would mean nothing."""
+    saved = yaml.safe_load((run_dir / "recipe.yaml").read_text()) if (run_dir / "recipe.yaml").is_file() else {}
+    now = recipe.to_dict()
+    for key in ("model", "data"):
+        if saved.get(key) is not None and saved.get(key) != now[key]:
+            raise GanforgeError(f"{run_dir}: existing checkpoints were made with a different '{key}' block; "
+                                "pass --fresh to start over or set name=... for a new run")
+
+
+def _prepare_data(accelerator, source) -> list[str]:
+    # Embedded datasets write shards on first use: the local main process writes, the others wait for it.
+    with accelerator.local_main_process_first():
+        source.prepare()
+    urls = source.urls()
+    if not urls:
+        raise DataError("data.source: the dataset produced no shard URLs")
+    return urls
+
+
+def run(recipe_path: str, overrides: list[str], dry_run: bool = False, fresh: bool = False):
+    """Returns the finished Trainer (None for --dry-run) so scripts and tests can inspect the final state."""
+    recipe = config.load_recipe(recipe_path, overrides)
+    arch = registry.build("architecture", recipe.model, "model")
+    source = registry.build("dataset", recipe.data.source, "data.source")
+    registry.build("loss", recipe.loss, "loss")  # fail on bad values before anything is created
+    registry.build("balancer", recipe.balancer, "balancer")
+    if dry_run:
+        print(config.dump(recipe), end="")
+        return None
+
+    if recipe.train.threads:
+        torch.set_num_threads(recipe.train.threads)
+    if recipe.train.deterministic:
+        torch.use_deterministic_algorithms(True)
+    if recipe.log.wandb and "WANDB_MODE" not in os.environ and "WANDB_API_KEY" not in os.environ:
+        os.environ["WANDB_MODE"] = "offline"  # no key: write locally, `wandb sync` later (never hard-coded)
+
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
+
+    run_dir = Path(recipe.runs_dir) / recipe.name
+    try:
+        accelerator = Accelerator(mixed_precision=recipe.train.mixed_precision,
+                                  log_with="wandb" if recipe.log.wandb else None,
+                                  project_config=ProjectConfiguration(project_dir=str(run_dir)))
+    except ValueError as e:
+        raise GanforgeError(f"train.mixed_precision={recipe.train.mixed_precision!r}: {e}") from None
+    urls = _prepare_data(accelerator, source)
+
+    from .trainer import Trainer
+
+    ckpt = checkpoint.latest(run_dir / "checkpoints")
+    if accelerator.is_main_process:
+        if fresh and run_dir.exists():
+            aside = run_dir.with_name(f"{run_dir.name}.prev-{time.strftime('%Y%m%d-%H%M%S')}")
+            run_dir.rename(aside)  # never delete a user's run: move it aside
+            print(f"--fresh: moved the previous run to {aside}")
+        elif ckpt is not None:
+            _resume_guard(run_dir, recipe)
+    accelerator.wait_for_everyone()  # no rank reads run_dir while rank 0 moves it
+    if fresh:
+        ckpt = None
+    trainer = Trainer(recipe, accelerator, run_dir, arch, urls)
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "recipe.yaml").write_text(config.dump(recipe))
+    accelerator.wait_for_everyone()
+    if recipe.log.wandb:
+        accelerator.init_trackers(recipe.log.project, config=recipe.to_dict(),
+                                  init_kwargs={"wandb": {"dir": str(run_dir), "name": recipe.name}})
+    if ckpt is not None:
+        trainer.resume(ckpt)
+        if accelerator.is_main_process:
+            print(f"resuming from {ckpt} (step {trainer.step}, {trainer.state.kimg:.1f} kimg)")
+    trainer.start_stream()
+    try:
+        reason = trainer.fit()
+        trainer.reason = reason
+    finally:
+        accelerator.end_training()
+    if accelerator.is_main_process:
+        print(f"{reason}: step {trainer.step}, {trainer.state.kimg:.1f} kimg, run dir {run_dir}")
+    return trainer

@@ -1,0 +1,64 @@
+"""Run logging: one JSONL line per log step, Accelerate's trackers (wandb), and a progress bar — main process only."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+
+class RunLog:
+    def __init__(self, accelerator, run_dir: Path, total_kimg: float, start_kimg: float, use_tracker: bool,
+                 progress: bool):
+        self.acc = accelerator
+        self.main = accelerator.is_main_process
+        self.path = run_dir / "log.jsonl"
+        self.use_tracker = use_tracker
+        self.bar = None
+        if self.main and progress:
+            self.total = total_kimg
+            self.bar = tqdm(total=total_kimg, initial=min(start_kimg, total_kimg), unit="kimg",
+                            dynamic_ncols=True, bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} kimg "
+                            "[{elapsed}<{remaining}{postfix}]")
+        self._t0 = time.perf_counter()
+        self._kimg0 = start_kimg
+
+    def progress(self, kimg: float, **postfix) -> None:
+        if self.bar is not None:
+            self.bar.update(min(kimg, self.total) - self.bar.n)
+            if postfix:
+                self.bar.set_postfix(postfix, refresh=False)
+
+    def rate(self, kimg: float) -> float:
+        """Images per second since the previous call (all ranks together)."""
+        now = time.perf_counter()
+        r = (kimg - self._kimg0) * 1000 / max(now - self._t0, 1e-9)
+        self._t0, self._kimg0 = now, kimg
+        return r
+
+    def log(self, step: int, values: dict) -> None:
+        if not self.main:
+            return
+        row = {"step": step, **{k: (round(v, 6) if isinstance(v, float) else v) for k, v in values.items()}}
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.use_tracker:
+            self.acc.log(values, step=step)
+
+    def image(self, step: int, name: str, grid: np.ndarray) -> None:
+        if not (self.main and self.use_tracker):
+            return
+        import wandb  # imported lazily: only when the tracker is on
+
+        self.acc.log({name: wandb.Image(grid)}, step=step)
+
+    def write(self, msg: str) -> None:
+        if self.main:
+            (tqdm.write if self.bar is not None else print)(msg)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

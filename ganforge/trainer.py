@@ -1,0 +1,191 @@
+"""The training engine: builds everything from a validated recipe and runs the adversarial loop."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import torch
+from accelerate.utils import set_seed
+
+from . import checkpoint, registry
+from .ema import EMA
+from .errors import GanforgeError
+from .phases import PHASES
+from .runlog import RunLog
+from .samples import save_grid
+from .stream import ShardStream, make_loader
+
+
+class TrainState:
+    """Counters that make a resumed run continue exactly: iteration, kimg and the data-stream position."""
+
+    def __init__(self):
+        # images counted as an int: summing float kimg drifts and would add a stray step at the end
+        self.step, self.images, self.batches, self.skipped, self.workers = 0, 0, 0, 0, None
+
+    @property
+    def kimg(self) -> float:
+        return self.images / 1000
+
+    def state_dict(self):
+        return dict(vars(self))
+
+    def load_state_dict(self, state):
+        vars(self).update(state)
+
+
+class Trainer:
+    def __init__(self, recipe, accelerator, run_dir: Path, arch, urls: list[str]):
+        self.recipe, self.accelerator, self.run_dir, self.arch, self.urls = recipe, accelerator, run_dir, arch, urls
+        r, acc = recipe, accelerator
+        self.loss = registry.build("loss", r.loss, "loss")
+        self.balancer = registry.build("balancer", r.balancer, "balancer")
+        # Same seed on every rank while building, so G and D start identical everywhere (DDP would broadcast
+        # rank 0's weights anyway, but the EMA copy and any non-DDP state must not depend on that).
+        torch.manual_seed(r.seed)
+        G, D = arch.build_generator(), arch.build_discriminator()
+        opt_G = torch.optim.Adam(G.parameters(), lr=r.train.g_opt.lr, betas=r.train.g_opt.betas,
+                                 eps=r.train.g_opt.eps, weight_decay=r.train.g_opt.weight_decay)
+        opt_D = torch.optim.Adam(D.parameters(), lr=r.train.d_opt.lr, betas=r.train.d_opt.betas,
+                                 eps=r.train.d_opt.eps, weight_decay=r.train.d_opt.weight_decay)
+        # ONE prepare call in a fixed order: checkpoint file names (model, model_1, optimizer, optimizer_1)
+        # follow it, so changing the order would load G's weights into D on resume.
+        self.G, self.D, self.opt_G, self.opt_D = acc.prepare(G, D, opt_G, opt_D)
+        self.G_raw = acc.unwrap_model(self.G)
+        self.ema = EMA(self.G_raw, r.train.ema_kimg, r.train.ema_rampup)
+        self.state = TrainState()
+        for obj in (self.state, self.ema, self.balancer):
+            acc.register_for_checkpointing(obj)
+        # Each rank its own latents and noise from here on.
+        set_seed(r.seed, device_specific=True)
+        g = torch.Generator().manual_seed(r.seed)
+        self.fixed_z = arch.sample_latents(r.sample.n, generator=g).to(acc.device)
+        self.stats: dict = {}
+        self._stop_signal = False
+
+    # ---- data -------------------------------------------------------------------------------------------------
+    def start_stream(self):
+        r, acc = self.recipe, self.accelerator
+        if self.state.workers not in (None, r.data.workers) and acc.is_main_process:
+            print(f"warning: data.workers changed ({self.state.workers} -> {r.data.workers}) since the "
+                  "checkpoint; the stream continues in a new random order")
+        self.state.workers = r.data.workers
+        stream = ShardStream(self.urls, batch_size=r.train.batch_size, resolution=self.arch.resolution,
+                             channels=self.arch.channels, seed=r.seed, rank=acc.process_index,
+                             world_size=acc.num_processes, num_workers=r.data.workers,
+                             start_batch=self.state.batches, xflip=r.data.xflip)
+        # Not passed through accelerator.prepare: the stream is already split per rank and worker, and
+        # Accelerate would shard it a second time (silently dropping data) or dispatch it from rank 0.
+        # Creating a DataLoader iterator draws from the global RNG; fork it so a resumed run (which creates the
+        # iterator after restoring RNG states) draws the same latents as an uninterrupted one.
+        with torch.random.fork_rng(devices=[]):
+            self.data_iter = iter(make_loader(stream))
+
+    def next_real(self) -> torch.Tensor:
+        batch = next(self.data_iter)
+        self.state.batches += 1
+        self.state.skipped += int(batch["skipped"])
+        self._real_batches += 1
+        return batch["image"].to(self.accelerator.device, non_blocking=True)
+
+    @property
+    def step(self) -> int:
+        return self.state.step
+
+    # ---- checkpoint ------------------------------------------------------------------------------------------
+    def resume(self, ckpt: Path) -> None:
+        self.accelerator.load_state(str(ckpt))
+        self.accelerator.project_configuration.iteration = self.state.step  # load_state does not restore it
+
+    def save_checkpoint(self) -> Path | None:
+        stats = self.reduced_stats()
+        if not checkpoint.all_finite([self.G_raw, self.accelerator.unwrap_model(self.D)], stats):
+            raise GanforgeError(f"training diverged at step {self.step} (non-finite loss or weights); "
+                                f"checkpoint not written, last good one: {checkpoint.latest(self.ckpt_root)}")
+        modules = [self.G_raw, self.accelerator.unwrap_model(self.D), self.ema.model]
+        return checkpoint.save(self.accelerator, self.ckpt_root, self.step, self.recipe.checkpoint.keep, modules)
+
+    @property
+    def ckpt_root(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    # ---- logging ---------------------------------------------------------------------------------------------
+    def reduced_stats(self) -> dict[str, float]:
+        """Last statistics averaged over ranks (a collective: every rank must call it at the same step)."""
+        if not self.stats:
+            return {}
+        keys = sorted(self.stats)  # same order on every rank, or the reduce mixes up values
+        vec = torch.stack([torch.as_tensor(self.stats[k], dtype=torch.float32, device=self.accelerator.device)
+                           for k in keys])
+        vec = self.accelerator.reduce(vec, reduction="mean")
+        return dict(zip(keys, vec.tolist()))
+
+    def sample(self) -> None:
+        if self.accelerator.is_main_process:
+            with torch.no_grad():
+                imgs = self.ema.model(self.fixed_z)
+            grid = save_grid(imgs, self.run_dir / "samples" / f"step-{self.step:08d}.png")
+            self.log.image(self.step, "samples", grid)
+
+    def _stop_requested(self) -> bool:
+        flag = torch.tensor(float(self._stop_signal), device=self.accelerator.device)
+        return bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)  # all ranks stop together
+
+    # ---- the loop ---------------------------------------------------------------------------------------------
+    def fit(self) -> str:
+        r, acc = self.recipe, self.accelerator
+        self.log = RunLog(acc, self.run_dir, r.train.kimg, self.state.kimg, r.log.wandb, r.log.progress)
+        old_handler = signal.signal(signal.SIGTERM, self._on_signal)  # cluster preemption: checkpoint, exit
+        imgs_per_real_batch = r.train.batch_size * acc.num_processes
+        try:
+            if r.train.max_steps is not None and self.step >= r.train.max_steps:
+                return "stopped"
+            while self.state.kimg < r.train.kimg:
+                self._real_batches = 0
+                plan = self.balancer.plan(self.step, self.reduced_stats() if self.balancer.needs_stats else {})
+                for phase in plan:
+                    self.stats.update(PHASES[phase](self))
+                self.state.step += 1
+                self.state.images += self._real_batches * imgs_per_real_batch
+                self.ema.update(self.G_raw, r.train.batch_size * r.train.grad_accum * acc.num_processes,
+                                self.state.kimg)
+                self.log.progress(self.state.kimg, step=self.step)
+                reason = self._periodic()
+                if reason:
+                    return reason
+            if self.step % r.checkpoint.every:  # the final state is always saved
+                self.save_checkpoint()
+            if self.step % r.sample.every:
+                self.sample()
+            return "done"
+        finally:
+            signal.signal(signal.SIGTERM, old_handler)
+            self.log.close()
+
+    def _periodic(self) -> str | None:
+        r, step = self.recipe, self.step
+        if step % r.log.every == 0:
+            stats = self.reduced_stats()
+            self.log.log(step, {**stats, "kimg": self.state.kimg, "img_per_s": self.log.rate(self.state.kimg),
+                                "data_skipped": self.state.skipped})
+            if not all(map(_finite, stats.values())):
+                raise GanforgeError(f"training diverged at step {step}: non-finite statistics "
+                                    f"{ {k: v for k, v in stats.items() if not _finite(v)} }; last good "
+                                    f"checkpoint: {checkpoint.latest(self.ckpt_root)}")
+        if step % r.sample.every == 0:
+            self.sample()
+        stop = (r.train.max_steps is not None and step >= r.train.max_steps) or (
+            step % r.log.every == 0 and self._stop_requested())
+        if step % r.checkpoint.every == 0 or stop:
+            self.save_checkpoint()
+        if stop:
+            return "stopped"
+        return None
+
+    def _on_signal(self, signum, frame):
+        self._stop_signal = True
+
+
+def _finite(v: float) -> bool:
+    return v == v and abs(v) != float("inf")

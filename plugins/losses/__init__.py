@@ -1,0 +1,1 @@
+from . import nonsaturating  # noqa: F401

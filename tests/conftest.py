@@ -1,0 +1,53 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Tests never reach the network: wandb is real but disabled; nothing downloads.
+os.environ["WANDB_MODE"] = "disabled"
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def tiny_recipe(tmp: Path, cache: Path, **over) -> dict:
+    """A DCGAN recipe small enough for a few seconds of CPU."""
+    r = {
+        "name": "tiny",
+        "seed": 1,
+        "runs_dir": str(tmp / "runs"),
+        "data": {"source": {"type": "digits", "resolution": 16, "count": 512, "shard_size": 128,
+                            "cache_dir": str(cache)}, "workers": 0},
+        "model": {"type": "dcgan", "resolution": 16, "channels": 3, "latent_dim": 16, "g_width": 8, "d_width": 8},
+        "train": {"batch_size": 8, "kimg": 0.16, "threads": 1, "deterministic": True, "ema_kimg": 0.1},
+        "log": {"every": 2, "wandb": False, "progress": False},
+        "sample": {"every": 10, "n": 16},
+        "checkpoint": {"every": 10, "keep": 2},
+    }
+    for key, value in over.items():
+        cur = r
+        parts = key.split(".")
+        for p in parts[:-1]:
+            cur = cur.setdefault(p, {})
+        cur[parts[-1]] = value
+    return r
+
+
+def write_recipe(path: Path, recipe: dict) -> Path:
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return path
+
+
+def run_cli(*args, cwd=None, env=None, timeout=600, module=True) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "ganforge", *map(str, args)]
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def data_cache(tmp_path_factory) -> Path:
+    """One embedded-dataset cache shared by the session (shards are written once)."""
+    return tmp_path_factory.mktemp("gf_cache")

@@ -1,0 +1,95 @@
+"""Every registered plugin honours its kind's contract. Parametrized over the registry, so a new plugin (built-in
+or from an installed third-party package) is covered the moment it registers."""
+
+import pytest
+import torch
+
+from ganforge import registry
+from ganforge.api import PhaseContext
+
+torch.set_num_threads(1)
+ENTRIES = registry.entries()
+
+
+def _options(entry, **defaults):
+    """Small options for a contract test: a plugin may publish ``contract_options`` (kept tiny for CPU)."""
+    return {**defaults, **getattr(entry.obj, "contract_options", {})}
+
+
+def check_architecture(entry, tmp_path):
+    arch = entry.obj(**_options(entry))
+    G, D = arch.build_generator(), arch.build_discriminator()
+    z = arch.sample_latents(3)
+    assert z.shape == (3, arch.latent_dim)
+    x = G(z)
+    assert x.shape == (3, arch.channels, arch.resolution, arch.resolution)
+    assert torch.isfinite(x).all()
+    logits = D(x)
+    assert logits.shape == (3,)
+    (logits.sum()).backward()
+    for name, p in [*G.named_parameters(), *D.named_parameters()]:
+        assert p.grad is not None and torch.isfinite(p.grad).all(), f"no/invalid gradient for {name}"
+    assert any(p.grad.abs().sum() > 0 for p in G.parameters())
+
+
+def check_loss(entry, tmp_path):
+    loss = entry.obj(**_options(entry))
+    D = torch.nn.Linear(4, 1)
+    good_real, bad_fake = torch.full((8,), 3.0), torch.full((8,), -3.0)
+    d_good, stats = loss.d_loss(PhaseContext(D=D, fake=torch.zeros(8, 4), fake_logits=bad_fake,
+                                             real=torch.zeros(8, 4), real_logits=good_real))
+    d_bad, _ = loss.d_loss(PhaseContext(D=D, fake=torch.zeros(8, 4), fake_logits=good_real,
+                                        real=torch.zeros(8, 4), real_logits=bad_fake))
+    assert d_good.dim() == 0 and d_good < d_bad, "D's loss must fall when D separates real from fake"
+    assert all(v.dim() == 0 for v in stats.values())
+    logits = torch.randn(8, requires_grad=True)
+    real = torch.randn(8) if loss.needs_real_in_g else None
+    g, _ = loss.g_loss(PhaseContext(D=D, fake=torch.zeros(8, 4), fake_logits=logits, real_logits=real))
+    g.backward()
+    assert torch.isfinite(g) and logits.grad is not None and (logits.grad < 0).all(), \
+        "G's loss must fall as D scores fakes higher"
+
+
+def check_balancer(entry, tmp_path):
+    a = entry.obj(**_options(entry))
+    stats = {"loss_d": 0.5, "loss_g": 1.0, "d_real": 1.0, "d_fake": -1.0}
+    plans = [a.plan(i, stats) for i in range(5)]
+    assert all(p and set(p) <= {"D", "G"} for p in plans)
+    b = entry.obj(**_options(entry))
+    b.load_state_dict(a.state_dict())
+    assert [a.plan(i, stats) for i in range(5, 10)] == [b.plan(i, stats) for i in range(5, 10)]
+
+
+def check_dataset(entry, tmp_path):
+    from ganforge.stream import ShardStream
+
+    opts = _options(entry)
+    if "urls" in registry.plugin_options(entry.obj) and "urls" not in opts:
+        digits = registry.build("dataset", {"type": "digits", "count": 64, "shard_size": 32, "resolution": 16,
+                                            "cache_dir": str(tmp_path)})
+        digits.prepare()
+        opts["urls"] = digits.urls()
+    if "cache_dir" in registry.plugin_options(entry.obj):
+        opts.setdefault("cache_dir", str(tmp_path))
+        opts.setdefault("count", 64)
+    src = entry.obj(**opts)
+    src.prepare()
+    urls = src.urls()
+    assert urls
+    batch = next(iter(ShardStream(urls, batch_size=4, resolution=16)))
+    assert batch["image"].shape == (4, 3, 16, 16) and -1 <= batch["image"].min() <= batch["image"].max() <= 1
+
+
+CHECKS = {"architecture": check_architecture, "loss": check_loss, "balancer": check_balancer,
+          "dataset": check_dataset}
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=[f"{e.kind}:{e.name}" for e in ENTRIES])
+def test_plugin_contract(entry, tmp_path):
+    check = CHECKS.get(entry.kind)
+    assert check is not None, f"no contract test for plugin kind {entry.kind!r}: add one to CHECKS"
+    check(entry, tmp_path)
+
+
+def test_registry_is_not_empty():
+    assert {e.kind for e in ENTRIES} >= {"architecture", "loss", "balancer", "dataset"}
