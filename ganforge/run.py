@@ -59,8 +59,11 @@ def run(recipe_path: str, overrides: list[str], dry_run: bool = False, fresh: bo
     from accelerate.utils import ProjectConfiguration
 
     run_dir = Path(recipe.runs_dir) / recipe.name
+    # Accelerate only goes multi-process on CPU (gloo) when told cpu=True; without it, torchrun's ranks on a
+    # GPU-less machine would each train alone and overwrite one another's run directory.
+    multi_cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
     try:
-        accelerator = Accelerator(mixed_precision=recipe.train.mixed_precision,
+        accelerator = Accelerator(mixed_precision=recipe.train.mixed_precision, cpu=multi_cpu,
                                   log_with="wandb" if recipe.log.wandb else None,
                                   project_config=ProjectConfiguration(project_dir=str(run_dir)))
     except ValueError as e:

@@ -133,23 +133,26 @@ class Trainer:
         return bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)  # all ranks stop together
 
     # ---- the loop ---------------------------------------------------------------------------------------------
+    def train_step(self) -> None:
+        """One iteration: the balancer's phases, then EMA and counters."""
+        r, world = self.recipe, self.accelerator.num_processes
+        self._real_batches = 0
+        plan = self.balancer.plan(self.step, self.reduced_stats() if self.balancer.needs_stats else {})
+        for phase in plan:
+            self.stats.update(PHASES[phase](self))
+        self.state.step += 1
+        self.state.images += self._real_batches * r.train.batch_size * world
+        self.ema.update(self.G_raw, r.train.batch_size * r.train.grad_accum * world, self.state.kimg)
+
     def fit(self) -> str:
-        r, acc = self.recipe, self.accelerator
-        self.log = RunLog(acc, self.run_dir, r.train.kimg, self.state.kimg, r.log.wandb, r.log.progress)
+        r = self.recipe
+        self.log = RunLog(self.accelerator, self.run_dir, r.train.kimg, self.state.kimg, r.log.wandb, r.log.progress)
         old_handler = signal.signal(signal.SIGTERM, self._on_signal)  # cluster preemption: checkpoint, exit
-        imgs_per_real_batch = r.train.batch_size * acc.num_processes
         try:
             if r.train.max_steps is not None and self.step >= r.train.max_steps:
                 return "stopped"
             while self.state.kimg < r.train.kimg:
-                self._real_batches = 0
-                plan = self.balancer.plan(self.step, self.reduced_stats() if self.balancer.needs_stats else {})
-                for phase in plan:
-                    self.stats.update(PHASES[phase](self))
-                self.state.step += 1
-                self.state.images += self._real_batches * imgs_per_real_batch
-                self.ema.update(self.G_raw, r.train.batch_size * r.train.grad_accum * acc.num_processes,
-                                self.state.kimg)
+                self.train_step()
                 self.log.progress(self.state.kimg, step=self.step)
                 reason = self._periodic()
                 if reason:

@@ -149,6 +149,7 @@ class Digits(DatasetSource):
         tmp = tempfile.mkdtemp(prefix=os.path.basename(self.path) + ".tmp-", dir=parent)
         try:
             self._write(tmp)
+            os.chmod(tmp, 0o755)  # mkdtemp makes it private; a shared cache must be readable by all
             os.rename(tmp, self.path)
         except OSError:
             if not os.path.exists(self.manifest_path):
