@@ -38,11 +38,14 @@ class PhaseContext:
     ``needs_real_in_g`` (relativistic losses)."""
 
     D: nn.Module
-    fake: torch.Tensor
-    fake_logits: torch.Tensor
+    fake: torch.Tensor | None = None
+    fake_logits: torch.Tensor | None = None
     real: torch.Tensor | None = None
     real_logits: torch.Tensor | None = None
     step: int = 0
+    G: nn.Module | None = None
+    arch: Architecture | None = None
+    batch_size: int = 0
     extra: dict = field(default_factory=dict)
 
 
@@ -69,6 +72,52 @@ class Balancer:
 
     def plan(self, step: int, stats: dict[str, float]) -> list[str]:
         raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class Regularizer:
+    """A penalty applied every ``interval`` steps of its phase ("D" or "G"): lazy regularization.
+
+    ``penalty(ctx)`` returns ``(penalty, stats)``; the engine multiplies the penalty by ``interval`` (so its
+    average strength does not depend on how often it runs) and back-propagates it into the phase's network
+    before that phase's optimizer step. In the D phase ``ctx.real`` requires grad and ``ctx.real_logits`` are
+    D's outputs on it (R1); in the G phase the plugin gets ``ctx.G`` and draws what it needs (path length).
+    ``lazy_ratio`` tells the engine how to rescale Adam's lr and betas (StyleGAN2: c = interval / (interval + 1)).
+    """
+
+    phase: str = "D"
+    interval: int = 1
+
+    def penalty(self, ctx: PhaseContext) -> tuple[torch.Tensor, Stats]:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class Augment:
+    """A differentiable augmentation applied to real and fake images before D, in both phases.
+
+    ``needs_stats``/``update(step, stats)``: adaptive augmentations (ADA) receive the iteration's statistics
+    averaged over ranks (including ``d_real_sign``, the mean sign of D on reals) so ``p`` stays identical on every
+    rank. ``p`` and any other state go through ``state_dict`` into the checkpoint.
+    """
+
+    needs_stats: bool = False
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def update(self, step: int, stats: dict[str, float]) -> None:
+        pass
 
     def state_dict(self) -> dict:
         return {}

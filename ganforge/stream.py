@@ -142,6 +142,8 @@ def _round_seed(seed: int, slot: int, rnd: int) -> int:
 def _decode(sample: dict, resolution: int, mode: str) -> Image.Image | None:
     """Decode, convert and resize one sample; None when it has no readable image (it will be skipped)."""
     data = next((sample[k] for k in IMAGE_KEYS if k in sample), None)
+    if data is None:  # also accept compound extensions such as "image.png"
+        data = next((v for k, v in sample.items() if k.rsplit(".", 1)[-1] in IMAGE_KEYS), None)
     if data is None:
         return None
     try:
@@ -167,7 +169,7 @@ def _to_tensor(img: Image.Image, flip: bool) -> torch.Tensor:
         arr = arr[:, :, None]
     if flip:
         arr = arr[:, ::-1]
-    t = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+    t = torch.from_numpy(arr.transpose(2, 0, 1).copy())  # copy: PIL's buffer is read-only
     return t.to(torch.float32).div_(127.5).sub_(1.0)
 
 
@@ -205,10 +207,12 @@ class _RoleStream:
             rng = random.Random(_round_seed(self.s.seed, self.slot, rnd))
             url = self.s.urls[rng.randrange(len(self.s.urls))]
             summary = self.summaries.get(url)
-            if summary is not None and self.skip > summary.usable:
-                # Wholly inside the consumed prefix. Strictly greater: if the prefix ended exactly at this
-                # round's last usable sample, trailing bad samples still belong to the next batch's count.
+            if summary is not None and 0 < self.skip and summary.usable <= self.skip:
+                # Wholly inside the consumed prefix: no I/O. If the prefix ends exactly at this round's last
+                # usable sample, the bad samples after it belong to the next batch's count: replay them.
+                trailing = self._trailing_bad(rng, summary) if self.skip == summary.usable else 0
                 self.skip -= summary.usable
+                yield from itertools.repeat(None, trailing)
                 empty_rounds = empty_rounds + 1 if summary.usable == 0 else 0
                 self._check_empty(empty_rounds)
                 continue
@@ -222,6 +226,12 @@ class _RoleStream:
                 f"{empty_rounds} shards in a row held no decodable image ({self.s.urls[0]} ...): "
                 f"check the shards contain {'/'.join(IMAGE_KEYS)} images"
             )
+
+    @staticmethod
+    def _trailing_bad(rng: random.Random, summary: _ShardSummary) -> int:
+        order = list(range(summary.n_raw))
+        rng.shuffle(order)  # the same draw _round makes, so the same order
+        return next(i for i, idx in enumerate(reversed(order)) if idx not in summary.bad)
 
     def _round(self, rng: random.Random, url: str, summary: _ShardSummary | None):
         samples, damaged = _read_shard(url)
@@ -307,9 +317,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         worker, n = (info.id, info.num_workers) if info is not None else (0, 1)
         if n != self.roles:
             # Roles are laid out for `num_workers` round-robin workers; any other count breaks determinism.
-            raise RuntimeError(
-                f"ShardStream built for {self.roles} worker(s) but iterated by {n}; use make_loader"
-            )
+            raise RuntimeError(f"ShardStream built for {self.roles} worker(s) but iterated by {n}; use make_loader")
         role = (worker + self.start_batch) % self.roles
         samples = _RoleStream(self, self.rank * self.roles + role, self.role_skip(role) * self.batch_size)
         batch: list[torch.Tensor] = []

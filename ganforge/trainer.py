@@ -23,6 +23,8 @@ class TrainState:
     def __init__(self):
         # images counted as an int: summing float kimg drifts and would add a stray step at the end
         self.step, self.images, self.batches, self.skipped, self.workers = 0, 0, 0, 0, None
+        self.phase_steps = {"D": 0, "G": 0}  # lazy regularizers fire on these counts
+        self.last_stats: dict = {}  # previous step's stats averaged over ranks (balancer input after a resume)
 
     @property
     def kimg(self) -> float:
@@ -35,28 +37,59 @@ class TrainState:
         vars(self).update(state)
 
 
+class Checkpointed:
+    """Everything ganforge (not Accelerate) must save, in ONE custom checkpoint object keyed by name, so that
+    adding an augment or regularizer to a run does not shift the files Accelerate numbers by position."""
+
+    def __init__(self, **parts):
+        self.parts = {k: v for k, v in parts.items() if v is not None}
+
+    def state_dict(self):
+        return {k: v.state_dict() for k, v in self.parts.items()}
+
+    def load_state_dict(self, state):
+        for k, v in self.parts.items():
+            if k in state:
+                v.load_state_dict(state[k])
+            else:
+                print(f"warning: checkpoint has no '{k}' state; it starts fresh")
+
+
+def _lazy_optimizer(params, opt_cfg, regs, phase):
+    """Adam with StyleGAN2's lazy-regularization correction: with a penalty every k steps of this phase,
+    lr *= c and betas **= c, c = k / (k + 1), so the effective step size matches every-step regularization."""
+    c = 1.0
+    for reg in regs:
+        if reg.phase == phase and reg.interval > 1:
+            c *= reg.interval / (reg.interval + 1)
+    return torch.optim.Adam(params, lr=opt_cfg.lr * c, betas=tuple(b ** c for b in opt_cfg.betas), eps=opt_cfg.eps,
+                            weight_decay=opt_cfg.weight_decay)
+
+
 class Trainer:
     def __init__(self, recipe, accelerator, run_dir: Path, arch, urls: list[str]):
         self.recipe, self.accelerator, self.run_dir, self.arch, self.urls = recipe, accelerator, run_dir, arch, urls
         r, acc = recipe, accelerator
         self.loss = registry.build("loss", r.loss, "loss")
         self.balancer = registry.build("balancer", r.balancer, "balancer")
+        self.augment = registry.build("augment", r.augment, "augment") if r.augment else None
+        self.regularizers = [registry.build("regularizer", b, f"regularizers[{i}]")
+                             for i, b in enumerate(r.regularizers)]
         # Same seed on every rank while building, so G and D start identical everywhere (DDP would broadcast
         # rank 0's weights anyway, but the EMA copy and any non-DDP state must not depend on that).
         torch.manual_seed(r.seed)
         G, D = arch.build_generator(), arch.build_discriminator()
-        opt_G = torch.optim.Adam(G.parameters(), lr=r.train.g_opt.lr, betas=r.train.g_opt.betas,
-                                 eps=r.train.g_opt.eps, weight_decay=r.train.g_opt.weight_decay)
-        opt_D = torch.optim.Adam(D.parameters(), lr=r.train.d_opt.lr, betas=r.train.d_opt.betas,
-                                 eps=r.train.d_opt.eps, weight_decay=r.train.d_opt.weight_decay)
+        opt_G = _lazy_optimizer(G.parameters(), r.train.g_opt, self.regularizers, "G")
+        opt_D = _lazy_optimizer(D.parameters(), r.train.d_opt, self.regularizers, "D")
         # ONE prepare call in a fixed order: checkpoint file names (model, model_1, optimizer, optimizer_1)
         # follow it, so changing the order would load G's weights into D on resume.
         self.G, self.D, self.opt_G, self.opt_D = acc.prepare(G, D, opt_G, opt_D)
-        self.G_raw = acc.unwrap_model(self.G)
+        self.G_raw, self.D_raw = acc.unwrap_model(self.G), acc.unwrap_model(self.D)
         self.ema = EMA(self.G_raw, r.train.ema_kimg, r.train.ema_rampup)
         self.state = TrainState()
-        for obj in (self.state, self.ema, self.balancer):
-            acc.register_for_checkpointing(obj)
+        regs = {f"regularizer{i}": reg for i, reg in enumerate(self.regularizers)}
+        acc.register_for_checkpointing(Checkpointed(train=self.state, ema=self.ema, balancer=self.balancer,
+                                                    augment=self.augment, **regs))
         # Each rank its own latents and noise from here on.
         set_seed(r.seed, device_specific=True)
         g = torch.Generator().manual_seed(r.seed)
@@ -100,10 +133,10 @@ class Trainer:
 
     def save_checkpoint(self) -> Path | None:
         stats = self.reduced_stats()
-        if not checkpoint.all_finite([self.G_raw, self.accelerator.unwrap_model(self.D)], stats):
+        if not checkpoint.all_finite([self.G_raw, self.D_raw], stats):
             raise GanforgeError(f"training diverged at step {self.step} (non-finite loss or weights); "
                                 f"checkpoint not written, last good one: {checkpoint.latest(self.ckpt_root)}")
-        modules = [self.G_raw, self.accelerator.unwrap_model(self.D), self.ema.model]
+        modules = [self.G_raw, self.D_raw, self.ema.model]
         return checkpoint.save(self.accelerator, self.ckpt_root, self.step, self.recipe.checkpoint.keep, modules)
 
     @property
@@ -137,12 +170,15 @@ class Trainer:
         """One iteration: the balancer's phases, then EMA and counters."""
         r, world = self.recipe, self.accelerator.num_processes
         self._real_batches = 0
-        plan = self.balancer.plan(self.step, self.reduced_stats() if self.balancer.needs_stats else {})
-        for phase in plan:
+        for phase in self.balancer.plan(self.step, self.state.last_stats if self.balancer.needs_stats else {}):
             self.stats.update(PHASES[phase](self))
         self.state.step += 1
         self.state.images += self._real_batches * r.train.batch_size * world
         self.ema.update(self.G_raw, r.train.batch_size * r.train.grad_accum * world, self.state.kimg)
+        if self.balancer.needs_stats or (self.augment is not None and self.augment.needs_stats):
+            self.state.last_stats = self.reduced_stats()  # one collective per step for balancer and augment
+            if self.augment is not None and self.augment.needs_stats:
+                self.augment.update(self.step, self.state.last_stats)
 
     def fit(self) -> str:
         r = self.recipe

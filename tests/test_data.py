@@ -7,6 +7,9 @@ import itertools
 import json
 import os
 import random
+import tarfile
+import types
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -53,6 +56,16 @@ def write_shards(root, n_shards, per_shard, size=(16, 16), bad=None, fmt="png", 
             if kind is None:
                 good[key] = arr
     return [os.path.join(root, f"{prefix}-{s:06d}.tar") for s in range(n_shards)], good
+
+
+def truncate(path: str, member: int) -> None:
+    """Cut the archive inside the data of its ``member``-th file (a cut at or inside a header block looks
+    like a clean end of archive to tarfile, so it could not be detected)."""
+    with tarfile.open(path) as tar:
+        cut = tar.getmembers()[member].offset_data + 10
+    data = open(path, "rb").read()
+    with open(path, "wb") as f:
+        f.write(data[:cut])
 
 
 def norm(arr: np.ndarray) -> torch.Tensor:
@@ -133,6 +146,37 @@ def test_exact_resume_in_process(mixed, start):
     assert same(take(ShardStream(urls, start_batch=start, **kw), 4), ref[start:])
 
 
+def simulated_loader(s: ShardStream, n: int) -> list[dict]:
+    """What make_loader yields (worker i % W serves batch i), in-process: fast enough to sweep many cases."""
+    its = []
+    for w in range(s.roles):
+        info = types.SimpleNamespace(id=w, num_workers=s.roles)
+        with mock.patch("torch.utils.data.get_worker_info", return_value=info):
+            it = iter(s)
+            first = next(it)  # the generator reads its worker info on the first next()
+        its.append(itertools.chain([first], it))
+    return [next(its[i % s.roles]) for i in range(n)]
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_exact_resume_sweep(mixed, tmp_path, workers):
+    # Every resume point, batch sizes that do and do not divide a shard, plus a shard with no usable sample
+    # and a truncated archive: covers prefixes ending mid-round, exactly at a round's last usable sample
+    # (trailing bad ones), and rounds skipped from a shard summary.
+    urls, _ = mixed
+    hopeless, _ = write_shards(tmp_path, 1, 3, bad={0: GARBAGE, 1: NO_IMAGE, 2: TRUNCATED}, prefix="z")
+    damaged, _ = write_shards(tmp_path, 1, 6, prefix="d")
+    truncate(damaged[0], 7)  # keeps samples 0-2 whole, sample 3 without its png
+    urls = urls + hopeless + damaged
+    for batch_size in (1, 2, 5):
+        kw = dict(batch_size=batch_size, resolution=16, seed=7, num_workers=workers)
+        ref = simulated_loader(ShardStream(urls, **kw), 34)
+        for start in range(30):
+            resumed = simulated_loader(ShardStream(urls, start_batch=start, **kw), 4)
+            assert same(resumed, ref[start : start + 4]), (batch_size, start)
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")  # 3 workers on a 2-core machine is fine here
 @pytest.mark.parametrize("workers,start", [(2, 3), (2, 6), (3, 4)])
 def test_exact_resume_with_workers(mixed, workers, start):
     urls, _ = mixed
@@ -166,13 +210,14 @@ def test_fewer_shards_than_slots_still_yields(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------- corrupt data
-def expected_skips(urls, bad_per_shard, good_per_shard, seed, rounds):
-    """Mirror of the round plan for slot 0: skip counts per batch of size 1, over whole rounds."""
+def expected_skips(urls, n_per_shard, bad_per_shard, seed, rounds, damaged=False):
+    """Mirror of the round plan of slot 0: skip counts per batch of size 1, over whole rounds."""
     counts, pending = [], 0
     for r in range(rounds):
         rng = random.Random(stream._round_seed(seed, 0, r))
         shard = rng.randrange(len(urls))
-        order = list(range(len(bad_per_shard[shard]) + good_per_shard))
+        pending += damaged  # a damaged archive counts once, before its samples
+        order = list(range(n_per_shard))
         rng.shuffle(order)
         for idx in order:
             if idx in bad_per_shard[shard]:
@@ -187,7 +232,7 @@ def test_corrupt_samples_are_skipped_and_counted_exactly(tmp_path):
     # One shard: samples 1, 3, 4 corrupt (truncated PNG, garbage bytes, no image at all); 3 good ones.
     urls, good = write_shards(tmp_path, 1, 6, bad={1: TRUNCATED, 3: GARBAGE, 4: NO_IMAGE})
     batches = take(ShardStream(urls, batch_size=1, resolution=16, seed=5), 30)
-    assert [b["skipped"] for b in batches] == expected_skips(urls, [{1, 3, 4}], 0, 5, 10)
+    assert [b["skipped"] for b in batches] == expected_skips(urls, 6, [{1, 3, 4}], 5, 10)
     assert sum(b["skipped"] for b in batches) >= 27  # ~3 per round of 3 good samples
     expected = [norm(a) for a in good.values()]
     assert all(any(torch.equal(b["image"][0], e) for e in expected) for b in batches)
@@ -195,11 +240,11 @@ def test_corrupt_samples_are_skipped_and_counted_exactly(tmp_path):
 
 def test_truncated_archive_keeps_what_was_read(tmp_path):
     urls, _ = write_shards(tmp_path, 1, 8)
-    data = open(urls[0], "rb").read()
-    with open(urls[0], "wb") as f:
-        f.write(data[: len(data) * 5 // 8])
-    batches = take(ShardStream(urls, batch_size=2, resolution=16), 4)
-    assert batches[0]["skipped"] >= 1  # the damaged archive itself is reported
+    truncate(urls[0], 9)  # members are cls, png per sample: cuts sample 4's png
+    samples, damaged = stream._read_shard(urls[0])
+    assert damaged and [sorted(k for k in s if k[0] != "_") for s in samples] == [["cls", "png"]] * 4 + [["cls"]]
+    batches = take(ShardStream(urls, batch_size=1, resolution=16, seed=2), 40)
+    assert [b["skipped"] for b in batches] == expected_skips(urls, 5, [{4}], 2, 10, damaged=True)
 
 
 def test_unreadable_shard_raises_naming_it(tmp_path):

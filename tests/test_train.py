@@ -21,7 +21,7 @@ def _load_all(ckpt):
     for i, name in enumerate(["optimizer.bin", "optimizer_1.bin"]):
         st = torch.load(ckpt / name, weights_only=False)["state"]
         out |= {f"opt{i}.{p}.{k}": v for p, s in st.items() for k, v in s.items() if torch.is_tensor(v)}
-    ema = torch.load(ckpt / "custom_checkpoint_1.pkl", weights_only=False)
+    ema = torch.load(ckpt / "custom_checkpoint_0.pkl", weights_only=False)["ema"]
     out |= {f"ema.{k}": v for k, v in ema.items()}
     return out
 
@@ -40,7 +40,7 @@ def test_short_run_trains_and_writes_everything(tmp_path, data_cache):
     ckpts = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert ckpts == ["step-00000010", "step-00000020"]  # keep=2, no temp dirs left
     ckpt = run / "checkpoints" / "step-00000020"
-    state = torch.load(ckpt / "custom_checkpoint_0.pkl", weights_only=False)
+    state = torch.load(ckpt / "custom_checkpoint_0.pkl", weights_only=False)["train"]
     assert state["step"] == 20 and state["batches"] == 20  # one real batch per D phase
     # The checkpoint loads into freshly built nets, and training moved them away from the init.
     arch = registry.build("architecture", recipe["model"])
@@ -84,3 +84,39 @@ def test_rerun_when_done_and_fresh(tmp_path, data_cache):
     assert len(list((tmp_path / "runs").glob("tiny.prev-*"))) == 1
     changed = run_cli("run", path, "model.g_width=4")
     assert changed.returncode == 2 and "different 'model' block" in changed.stderr
+
+
+def test_sigterm_checkpoints_and_exits_cleanly(tmp_path, data_cache):
+    """Cluster preemption: SIGTERM -> checkpoint at the next log step -> exit 0; the same command resumes."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path = write_recipe(tmp_path / "r.yaml", tiny_recipe(tmp_path, data_cache, **{"train.kimg": 1000}))
+    proc = subprocess.Popen([sys.executable, "-m", "ganforge", "run", str(path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+    log = tmp_path / "runs" / "tiny" / "log.jsonl"
+    deadline = time.time() + 120
+    while not (log.exists() and log.read_text().count("\n") >= 2):
+        assert time.time() < deadline and proc.poll() is None, proc.stderr.read() if proc.poll() else "timeout"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr[-3000:]
+    assert "stopped: step" in stdout
+    step = int(stdout.split("stopped: step ")[1].split(",")[0])
+    assert step % 2 == 0  # stops at a log step, where all ranks agree
+    assert (tmp_path / "runs" / "tiny" / "checkpoints" / f"step-{step:08d}").is_dir()
+
+
+def test_bf16_and_grad_accum(tmp_path, data_cache):
+    recipe = tiny_recipe(tmp_path, data_cache, **{"train.mixed_precision": "bf16", "train.grad_accum": 2,
+                                                   "train.deterministic": False})
+    out = run_cli("run", write_recipe(tmp_path / "r.yaml", recipe))
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [json.loads(x) for x in (tmp_path / "runs/tiny/log.jsonl").read_text().splitlines()]
+    # two micro-batches of 8 per D phase: 16 real images per step, 0.16 kimg in 10 steps
+    assert rows[-1]["step"] == 10 and rows[-1]["kimg"] == pytest.approx(0.16)
+    assert all(abs(v) < 1e6 for r in rows for k, v in r.items() if k.startswith("loss"))

@@ -21,11 +21,7 @@ _MESH = 3  # cells per side of the piecewise-affine "handwriting wobble" warp
 
 
 def cache_root(cache_dir: str | None = None) -> str:
-    return (
-        cache_dir
-        or os.environ.get("GANFORGE_CACHE")
-        or os.path.join(os.path.expanduser("~"), ".cache", "ganforge")
-    )
+    return cache_dir or os.environ.get("GANFORGE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "ganforge")
 
 
 class DigitRenderer:
