@@ -15,8 +15,10 @@ Stats = dict[str, torch.Tensor]  # detached scalar tensors; the engine reduces t
 
 
 class Architecture:
-    """Builds G and D. G maps latents ``[B, latent_dim]`` to images ``[B, C, R, R]`` in [-1, 1]; D maps images to
-    logits ``[B]``."""
+    """Builds G and D. G maps latents ``[B, latent_dim]`` to images ``[B, C, R, R]`` (about [-1, 1]); D maps
+    images to logits ``[B]``. G's forward may take ``truncation_psi`` (used for samples when the recipe sets
+    ``sample.truncation_psi``); anything G does only while training (style mixing, tracking the mean w) it does
+    when ``self.training`` is True — samples come from the EMA copy in eval mode."""
 
     latent_dim: int
     resolution: int
@@ -138,3 +140,9 @@ class DatasetSource:
 
     def urls(self) -> list[str]:
         raise NotImplementedError
+
+    def batches(self, *, batch_size: int, seed: int, rank: int, world_size: int, start_batch: int):
+        """Optional. Sources that are not image shards (e.g. the lab's 2D mixtures) return an iterator of
+        ``{"image": tensor [B, ...], "skipped": 0}`` directly; it must be a pure function of its arguments and
+        continue exactly at ``start_batch`` (resume). Return None (the default) to stream ``urls()``."""
+        return None

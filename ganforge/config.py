@@ -65,6 +65,7 @@ class LogConfig:
 class SampleConfig:
     every: int = 500
     n: int = 64
+    truncation_psi: float = 1.0  # != 1 needs a G whose forward takes truncation_psi (StyleGAN-like)
 
 
 @dataclass

@@ -27,14 +27,12 @@ def _resume_guard(run_dir: Path, recipe: config.Recipe) -> None:
                                 "pass --fresh to start over or set name=... for a new run")
 
 
-def _prepare_data(accelerator, source) -> list[str]:
+def _prepare_data(accelerator, source) -> None:
     # Embedded datasets write shards on first use: the local main process writes, the others wait for it.
     with accelerator.local_main_process_first():
         source.prepare()
-    urls = source.urls()
-    if not urls:
-        raise DataError("data.source: the dataset produced no shard URLs")
-    return urls
+    if source.batches(batch_size=1, seed=0, rank=0, world_size=1, start_batch=0) is None and not source.urls():
+        raise DataError("data.source: the dataset produced no shard URLs")  # checked before the run dir exists
 
 
 def run(recipe_path: str, overrides: list[str], dry_run: bool = False, fresh: bool = False):
@@ -68,7 +66,7 @@ def run(recipe_path: str, overrides: list[str], dry_run: bool = False, fresh: bo
                                   project_config=ProjectConfiguration(project_dir=str(run_dir)))
     except ValueError as e:
         raise GanforgeError(f"train.mixed_precision={recipe.train.mixed_precision!r}: {e}") from None
-    urls = _prepare_data(accelerator, source)
+    _prepare_data(accelerator, source)
 
     from .trainer import Trainer
 
@@ -83,7 +81,7 @@ def run(recipe_path: str, overrides: list[str], dry_run: bool = False, fresh: bo
     accelerator.wait_for_everyone()  # no rank reads run_dir while rank 0 moves it
     if fresh:
         ckpt = None
-    trainer = Trainer(recipe, accelerator, run_dir, arch, urls)
+    trainer = Trainer(recipe, accelerator, run_dir, arch, source)
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "recipe.yaml").write_text(config.dump(recipe))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import signal
 from pathlib import Path
 
@@ -67,8 +68,8 @@ def _lazy_optimizer(params, opt_cfg, regs, phase):
 
 
 class Trainer:
-    def __init__(self, recipe, accelerator, run_dir: Path, arch, urls: list[str]):
-        self.recipe, self.accelerator, self.run_dir, self.arch, self.urls = recipe, accelerator, run_dir, arch, urls
+    def __init__(self, recipe, accelerator, run_dir: Path, arch, source):
+        self.recipe, self.accelerator, self.run_dir, self.arch, self.source = recipe, accelerator, run_dir, arch, source
         r, acc = recipe, accelerator
         self.loss = registry.build("loss", r.loss, "loss")
         self.balancer = registry.build("balancer", r.balancer, "balancer")
@@ -94,6 +95,12 @@ class Trainer:
         set_seed(r.seed, device_specific=True)
         g = torch.Generator().manual_seed(r.seed)
         self.fixed_z = arch.sample_latents(r.sample.n, generator=g).to(acc.device)
+        self.sample_kwargs = {}
+        if r.sample.truncation_psi != 1.0:
+            if "truncation_psi" not in inspect.signature(self.G_raw.forward).parameters:
+                raise GanforgeError(f"sample.truncation_psi: the generator of architecture "
+                                    f"{r.model['type']!r} does not support truncation")
+            self.sample_kwargs["truncation_psi"] = r.sample.truncation_psi
         self.stats: dict = {}
         self._stop_signal = False
 
@@ -104,7 +111,12 @@ class Trainer:
             print(f"warning: data.workers changed ({self.state.workers} -> {r.data.workers}) since the "
                   "checkpoint; the stream continues in a new random order")
         self.state.workers = r.data.workers
-        stream = ShardStream(self.urls, batch_size=r.train.batch_size, resolution=self.arch.resolution,
+        direct = self.source.batches(batch_size=r.train.batch_size, seed=r.seed, rank=acc.process_index,
+                                     world_size=acc.num_processes, start_batch=self.state.batches)
+        if direct is not None:
+            self.data_iter = iter(direct)
+            return
+        stream = ShardStream(self.source.urls(), batch_size=r.train.batch_size, resolution=self.arch.resolution,
                              channels=self.arch.channels, seed=r.seed, rank=acc.process_index,
                              world_size=acc.num_processes, num_workers=r.data.workers,
                              start_batch=self.state.batches, xflip=r.data.xflip)
@@ -157,7 +169,7 @@ class Trainer:
     def sample(self) -> None:
         if self.accelerator.is_main_process:
             with torch.no_grad():
-                imgs = self.ema.model(self.fixed_z)
+                imgs = self.ema.model(self.fixed_z, **self.sample_kwargs)
             grid = save_grid(imgs, self.run_dir / "samples" / f"step-{self.step:08d}.png")
             self.log.image(self.step, "samples", grid)
 
