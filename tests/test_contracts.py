@@ -1,6 +1,9 @@
 """Every registered plugin honours its kind's contract. Parametrized over the registry, so a new plugin (built-in
 or from an installed third-party package) is covered the moment it registers."""
 
+import importlib
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -82,6 +85,10 @@ def check_dataset(entry, tmp_path):
 
 CHECKS = {"architecture": check_architecture, "loss": check_loss, "balancer": check_balancer,
           "dataset": check_dataset}
+# Kinds whose contract lives in its own file: tests/contracts_<kind>.py defines check_<kind>(entry, tmp_path).
+for _path in sorted(Path(__file__).parent.glob("contracts_*.py")):
+    _kind = _path.stem.removeprefix("contracts_")
+    CHECKS[_kind] = getattr(importlib.import_module(_path.stem), f"check_{_kind}")
 
 
 @pytest.mark.parametrize("entry", ENTRIES, ids=[f"{e.kind}:{e.name}" for e in ENTRIES])

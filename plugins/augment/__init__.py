@@ -1,0 +1,1 @@
+"""Augmentation plugins (differentiable, applied to real and fake before D)."""

@@ -1,0 +1,1 @@
+"""Regularizer plugins (penalties with a lazy interval)."""
