@@ -33,6 +33,11 @@ class Architecture:
     def sample_latents(self, n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
         return torch.randn(n, self.latent_dim, generator=generator, device=device)
 
+    def render_samples(self, samples: torch.Tensor) -> torch.Tensor:
+        """Turn G's outputs into images ``[N, C, H, W]`` in [-1, 1] for the sample grid (identity for image
+        GANs; a scatter plot for 2D point GANs)."""
+        return samples
+
 
 @dataclass
 class PhaseContext:
@@ -74,6 +79,10 @@ class Balancer:
 
     def plan(self, step: int, stats: dict[str, float]) -> list[str]:
         raise NotImplementedError
+
+    def log_stats(self) -> dict[str, float]:
+        """Decisions to log at each log step (e.g. D steps skipped so far, current ratio)."""
+        return {}
 
     def state_dict(self) -> dict:
         return {}

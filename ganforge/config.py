@@ -44,6 +44,8 @@ class TrainConfig:
     ema_rampup: float | None = None  # StyleGAN-style ramp: half-life <= rampup * kimg so far
     deterministic: bool = False  # deterministic algorithms (bit-identical resume on CPU)
     threads: int | None = None  # torch intra-op threads per process
+    channels_last: bool = False  # NHWC memory format for G, D and real batches (faster convs on tensor cores)
+    compile: bool = False  # torch.compile the main G/D forwards; lazy penalties stay eager (no double backward)
 
 
 @dataclass

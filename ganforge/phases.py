@@ -13,6 +13,7 @@ from contextlib import ExitStack
 
 import torch
 
+from . import diagnostics
 from .api import PhaseContext
 
 
@@ -67,7 +68,11 @@ def d_phase(t) -> dict:
                 loss, stats = t.loss.d_loss(ctx)
             acc.backward(loss / n)
         stats["d_real_sign"] = ctx.real_logits.detach().float().sign().mean()  # ADA's overfitting signal
+        stats.update(diagnostics.d_outputs(ctx.real_logits, ctx.fake_logits))
         _accumulate(out, stats, n)
+    if t.diagnose_now():
+        out["grad_norm_d"] = diagnostics.grad_norm(t.D_raw)
+        out["diversity"] = diagnostics.diversity(reals[-1], fake)
     t.opt_D.step()
     t.opt_D.zero_grad(set_to_none=True)
     t.state.phase_steps["D"] += 1
@@ -96,6 +101,8 @@ def g_phase(t) -> dict:
                     loss, stats = t.loss.g_loss(ctx)
                 acc.backward(loss / n)
             _accumulate(out, stats, n)
+        if t.diagnose_now():
+            out["grad_norm_g"] = diagnostics.grad_norm(t.G_raw)
         t.opt_G.step()
         t.opt_G.zero_grad(set_to_none=True)
     finally:

@@ -62,6 +62,7 @@ def run(recipe_path: str, overrides: list[str], dry_run: bool = False, fresh: bo
     multi_cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
     try:
         accelerator = Accelerator(mixed_precision=recipe.train.mixed_precision, cpu=multi_cpu,
+                                  dynamo_backend="inductor" if recipe.train.compile else None,
                                   log_with="wandb" if recipe.log.wandb else None,
                                   project_config=ProjectConfiguration(project_dir=str(run_dir)))
     except ValueError as e:

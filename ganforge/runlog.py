@@ -45,8 +45,8 @@ class RunLog:
         row = {"step": step, **{k: (round(v, 6) if isinstance(v, float) else v) for k, v in values.items()}}
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
-        if self.use_tracker:
-            self.acc.log(values, step=step)
+        if self.use_tracker:  # trackers get the numbers; warnings (text) stay in log.jsonl and the console
+            self.acc.log({k: v for k, v in values.items() if isinstance(v, (int, float))}, step=step)
 
     def image(self, step: int, name: str, grid: np.ndarray) -> None:
         if not (self.main and self.use_tracker):

@@ -10,6 +10,7 @@ import torch
 from accelerate.utils import set_seed
 
 from . import checkpoint, registry
+from .diagnostics import Watchdog
 from .ema import EMA
 from .errors import GanforgeError
 from .phases import PHASES
@@ -80,12 +81,17 @@ class Trainer:
         # rank 0's weights anyway, but the EMA copy and any non-DDP state must not depend on that).
         torch.manual_seed(r.seed)
         G, D = arch.build_generator(), arch.build_discriminator()
+        self.memory_format = torch.channels_last if r.train.channels_last else torch.contiguous_format
+        G, D = G.to(memory_format=self.memory_format), D.to(memory_format=self.memory_format)
         opt_G = _lazy_optimizer(G.parameters(), r.train.g_opt, self.regularizers, "G")
         opt_D = _lazy_optimizer(D.parameters(), r.train.d_opt, self.regularizers, "D")
         # ONE prepare call in a fixed order: checkpoint file names (model, model_1, optimizer, optimizer_1)
         # follow it, so changing the order would load G's weights into D on resume.
         self.G, self.D, self.opt_G, self.opt_D = acc.prepare(G, D, opt_G, opt_D)
-        self.G_raw, self.D_raw = acc.unwrap_model(self.G), acc.unwrap_model(self.D)
+        # The raw modules (no DDP, no torch.compile) serve EMA, checkpoints and the lazy penalties, whose double
+        # backward torch.compile cannot do.
+        self.G_raw = acc.unwrap_model(self.G, keep_torch_compile=False)
+        self.D_raw = acc.unwrap_model(self.D, keep_torch_compile=False)
         self.ema = EMA(self.G_raw, r.train.ema_kimg, r.train.ema_rampup)
         self.state = TrainState()
         regs = {f"regularizer{i}": reg for i, reg in enumerate(self.regularizers)}
@@ -103,6 +109,7 @@ class Trainer:
             self.sample_kwargs["truncation_psi"] = r.sample.truncation_psi
         self.stats: dict = {}
         self._stop_signal = False
+        self.watchdog = Watchdog()
 
     # ---- data -------------------------------------------------------------------------------------------------
     def start_stream(self):
@@ -132,11 +139,16 @@ class Trainer:
         self.state.batches += 1
         self.state.skipped += int(batch["skipped"])
         self._real_batches += 1
-        return batch["image"].to(self.accelerator.device, non_blocking=True)
+        real = batch["image"].to(self.accelerator.device, non_blocking=True)
+        return real.to(memory_format=self.memory_format) if real.dim() == 4 else real
 
     @property
     def step(self) -> int:
         return self.state.step
+
+    def diagnose_now(self) -> bool:
+        """Costlier diagnostics (gradient norms, diversity) only on the iteration that will be logged."""
+        return (self.step + 1) % self.recipe.log.every == 0
 
     # ---- checkpoint ------------------------------------------------------------------------------------------
     def resume(self, ckpt: Path) -> None:
@@ -170,6 +182,8 @@ class Trainer:
         if self.accelerator.is_main_process:
             with torch.no_grad():
                 imgs = self.ema.model(self.fixed_z, **self.sample_kwargs)
+                render = getattr(self.arch, "render_samples", None)  # plugins need not subclass Architecture
+                imgs = render(imgs) if render is not None else imgs
             grid = save_grid(imgs, self.run_dir / "samples" / f"step-{self.step:08d}.png")
             self.log.image(self.step, "samples", grid)
 
@@ -217,9 +231,12 @@ class Trainer:
     def _periodic(self) -> str | None:
         r, step = self.recipe, self.step
         if step % r.log.every == 0:
-            stats = self.reduced_stats()
+            stats = {**self.reduced_stats(), **self.balancer.log_stats()}
+            warnings = self.watchdog.check(step, stats)
+            for w in warnings:
+                self.log.write(w)
             self.log.log(step, {**stats, "kimg": self.state.kimg, "img_per_s": self.log.rate(self.state.kimg),
-                                "data_skipped": self.state.skipped})
+                                "data_skipped": self.state.skipped, **({"warnings": warnings} if warnings else {})})
             if not all(map(_finite, stats.values())):
                 raise GanforgeError(f"training diverged at step {step}: non-finite statistics "
                                     f"{ {k: v for k, v in stats.items() if not _finite(v)} }; last good "

@@ -34,7 +34,9 @@ def test_short_run_trains_and_writes_everything(tmp_path, data_cache):
     assert (run / "recipe.yaml").is_file()
     rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(2, 22, 2))  # 0.16 kimg / 8 real images per step
-    assert {"loss_d", "loss_g", "d_real", "d_fake", "kimg", "img_per_s", "data_skipped"} <= rows[-1].keys()
+    assert {"loss_d", "loss_g", "d_real", "d_fake", "kimg", "img_per_s", "data_skipped", "d_acc_real",
+            "d_acc_fake", "grad_norm_d", "grad_norm_g", "diversity"} <= rows[-1].keys()
+    assert 0 <= rows[-1]["d_acc_real"] <= 1 and rows[-1]["grad_norm_g"] > 0 and rows[-1]["diversity"] > 0
     assert rows[-1]["kimg"] == pytest.approx(0.16)
     assert sorted(p.name for p in (run / "samples").glob("*.png")) == ["step-00000010.png", "step-00000020.png"]
     ckpts = sorted(p.name for p in (run / "checkpoints").iterdir())

@@ -26,8 +26,7 @@ class NonSaturating(Loss):
         loss_real = F.binary_cross_entropy_with_logits(ctx.real_logits, target)
         loss_fake = F.softplus(ctx.fake_logits).mean()
         loss = loss_real + loss_fake
-        return loss, {"loss_d": loss.detach(), "d_real": ctx.real_logits.detach().mean(),
-                      "d_fake": ctx.fake_logits.detach().mean()}
+        return loss, {"loss_d": loss.detach()}
 
     def g_loss(self, ctx: PhaseContext):
         loss = F.softplus(-ctx.fake_logits).mean()
