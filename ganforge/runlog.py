@@ -25,18 +25,20 @@ class RunLog:
                             "[{elapsed}<{remaining}{postfix}]")
         self._t0 = time.perf_counter()
         self._kimg0 = start_kimg
+        self.last_rate = 0.0
 
-    def progress(self, kimg: float, **postfix) -> None:
+    def progress(self, kimg: float, step: int) -> None:
         if self.bar is not None:
             self.bar.update(min(kimg, self.total) - self.bar.n)
-            if postfix:
-                self.bar.set_postfix(postfix, refresh=False)
+            post = {"step": step} | ({"img/s": f"{self.last_rate:.0f}"} if self.last_rate else {})
+            self.bar.set_postfix(post, refresh=False)
 
     def rate(self, kimg: float) -> float:
         """Images per second since the previous call (all ranks together)."""
         now = time.perf_counter()
         r = (kimg - self._kimg0) * 1000 / max(now - self._t0, 1e-9)
         self._t0, self._kimg0 = now, kimg
+        self.last_rate = r
         return r
 
     def log(self, step: int, values: dict) -> None:

@@ -122,3 +122,41 @@ def test_bf16_and_grad_accum(tmp_path, data_cache):
     # two micro-batches of 8 per D phase: 16 real images per step, 0.16 kimg in 10 steps
     assert rows[-1]["step"] == 10 and rows[-1]["kimg"] == pytest.approx(0.16)
     assert all(abs(v) < 1e6 for r in rows for k, v in r.items() if k.startswith("loss"))
+
+
+def test_divergence_keeps_last_good_checkpoint(tmp_path, data_cache):
+    """A loss that turns NaN: the run stops with a one-line error, and no non-finite checkpoint replaces the
+    good one written before."""
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "nan_loss.py").write_text(
+        "import torch\n"
+        "from ganforge import register\n"
+        "from plugins.losses.nonsaturating import NonSaturating\n"
+        "@register('loss', 'nan_after')\n"
+        "class NanAfter(NonSaturating):\n"
+        "    def __init__(self, step: int = 12):\n"
+        "        super().__init__()\n"
+        "        self.after = step\n"
+        "    def g_loss(self, ctx):\n"
+        "        loss, stats = super().g_loss(ctx)\n"
+        "        if ctx.step >= self.after:\n"
+        "            loss = loss * float('nan')\n"
+        "        return loss, {'loss_g': loss.detach()}\n")
+    info = pkg / "nan_loss-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: nan-loss\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[ganforge.plugins]\nnan = nan_loss\n")
+    recipe = tiny_recipe(tmp_path, data_cache, **{"loss": {"type": "nan_after", "step": 12}})
+    import os
+
+    out = run_cli("run", write_recipe(tmp_path / "r.yaml", recipe),
+                  env={"PYTHONPATH": f"{pkg}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"})
+    assert out.returncode == 2, out.stderr[-2000:]
+    err = out.stderr.strip().splitlines()
+    assert "Traceback" not in out.stderr and err[-1].startswith("error: training diverged at step 14")
+    assert "step-00000010" in err[-1]  # names the last good checkpoint
+    ckpts = sorted(p.name for p in (tmp_path / "runs/tiny/checkpoints").iterdir())
+    assert ckpts == ["step-00000010"]
+    good = load_file(tmp_path / "runs/tiny/checkpoints/step-00000010/model.safetensors")
+    assert all(torch.isfinite(v).all() for v in good.values())
