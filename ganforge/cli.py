@@ -7,6 +7,7 @@ import sys
 
 import click
 
+from .cli_data import data
 from .errors import GanforgeError
 
 
@@ -43,6 +44,9 @@ def plugins():
             click.echo("  (none)")
         for e in items:
             click.echo(f"  {e.name:<16} {e.source}  {e.doc}")
+
+
+cli.add_command(data)  # ganforge data pack / inspect
 
 
 def main(argv=None):

@@ -53,6 +53,13 @@ class DataConfig:
     source: dict = field(default_factory=lambda: {"type": "digits"})  # dataset plugin block
     workers: int = 2
     xflip: bool = False
+    # Samples mixed per stream round (whole shards are gathered until the round holds this many, then shuffled
+    # together); 0 = one shard per round. Memory per worker: about this many encoded samples plus one shard.
+    shuffle_buffer: int = 2000
+
+    def __post_init__(self):  # raised inside load_recipe, which prefixes the recipe file
+        if self.shuffle_buffer < 0:
+            raise ConfigError(f"data.shuffle_buffer: must be >= 0, got {self.shuffle_buffer}")
 
 
 @dataclass

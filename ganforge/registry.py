@@ -71,8 +71,10 @@ def load_plugins() -> None:
     for ep in eps:
         dist = getattr(ep, "dist", None)
         _current_dist = f"{dist.name} {dist.version}" if dist is not None else ep.name
+        module = ep.value.split(":")[0]
         try:
-            importlib.import_module(ep.value.split(":")[0])
+            importlib.import_module(module)
+            _tag_untagged(module, _current_dist)
         except PluginError:
             raise
         except Exception as e:  # a broken third-party package must not look like a ganforge bug
@@ -80,6 +82,15 @@ def load_plugins() -> None:
         finally:
             _current_dist = None
     _loaded = True
+
+
+def _tag_untagged(module: str, dist: str) -> None:
+    """Plugins imported directly (``import plugins.losses`` in a script) before discovery registered without
+    their distribution; credit them to the entry point whose package holds them."""
+    for table in _REGISTRY.values():
+        for key, e in list(table.items()):
+            if "[" not in e.source and (e.obj.__module__ == module or e.obj.__module__.startswith(module + ".")):
+                table[key] = Entry(e.kind, e.name, e.obj, f"{e.source} [{dist}]")
 
 
 def entries(kind: str | None = None) -> list[Entry]:

@@ -21,8 +21,10 @@ def _resume_guard(run_dir: Path, recipe: config.Recipe) -> None:
     """Refuse to resume a run whose model or data changed: its checkpoint would not fit or would mean nothing."""
     saved = yaml.safe_load((run_dir / "recipe.yaml").read_text()) if (run_dir / "recipe.yaml").is_file() else {}
     now = recipe.to_dict()
-    for key in ("model", "data"):
-        if saved.get(key) is not None and saved.get(key) != now[key]:
+    # The model and the dataset define what the checkpoint means; loader options (workers, buffer) may change.
+    for key, old, new in (("model", saved.get("model"), now["model"]),
+                          ("data.source", (saved.get("data") or {}).get("source"), now["data"]["source"])):
+        if old is not None and old != new:
             raise GanforgeError(f"{run_dir}: existing checkpoints were made with a different '{key}' block; "
                                 "pass --fresh to start over or set name=... for a new run")
 

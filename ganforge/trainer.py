@@ -126,7 +126,8 @@ class Trainer:
         stream = ShardStream(self.source.urls(), batch_size=r.train.batch_size, resolution=self.arch.resolution,
                              channels=self.arch.channels, seed=r.seed, rank=acc.process_index,
                              world_size=acc.num_processes, num_workers=r.data.workers,
-                             start_batch=self.state.batches, xflip=r.data.xflip)
+                             start_batch=self.state.batches, xflip=r.data.xflip,
+                             shuffle_buffer=r.data.shuffle_buffer)
         # Not passed through accelerator.prepare: the stream is already split per rank and worker, and
         # Accelerate would shard it a second time (silently dropping data) or dispatch it from rank 0.
         # Creating a DataLoader iterator draws from the global RNG; fork it so a resumed run (which creates the
@@ -235,8 +236,10 @@ class Trainer:
             warnings = self.watchdog.check(step, stats)
             for w in warnings:
                 self.log.write(w)
+            skipped = self.accelerator.reduce(torch.tensor(self.state.skipped, device=self.accelerator.device),
+                                              reduction="sum")  # every rank's undecodable samples, in total
             self.log.log(step, {**stats, "kimg": self.state.kimg, "img_per_s": self.log.rate(self.state.kimg),
-                                "data_skipped": self.state.skipped, **({"warnings": warnings} if warnings else {})})
+                                "data_skipped": int(skipped), **({"warnings": warnings} if warnings else {})})
             if not all(map(_finite, stats.values())):
                 raise GanforgeError(f"training diverged at step {step}: non-finite statistics "
                                     f"{ {k: v for k, v in stats.items() if not _finite(v)} }; last good "
