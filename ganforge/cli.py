@@ -8,6 +8,7 @@ import sys
 import click
 
 from .cli_data import data
+from .cli_lab import lab
 from .errors import GanforgeError
 
 
@@ -47,6 +48,7 @@ def plugins():
 
 
 cli.add_command(data)  # ganforge data pack / inspect
+cli.add_command(lab)  # ganforge lab: the mode-collapse lab
 
 
 def main(argv=None):

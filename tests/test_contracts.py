@@ -25,7 +25,11 @@ def check_architecture(entry, tmp_path):
     z = arch.sample_latents(3)
     assert z.shape == (3, arch.latent_dim)
     x = G(z)
-    assert x.shape == (3, arch.channels, arch.resolution, arch.resolution)
+    # images [B, C, R, R]; point architectures (the lab's MLP) declare their own per-sample shape
+    shape = tuple(getattr(arch, "sample_shape", (arch.channels, arch.resolution, arch.resolution)))
+    assert x.shape == (3, *shape)
+    grid = arch.render_samples(x.detach()) if hasattr(arch, "render_samples") else x
+    assert grid.dim() == 4 and grid.shape[1] in (1, 3), "render_samples must give images [N, C, H, W]"
     assert torch.isfinite(x).all()
     logits = D(x)
     assert logits.shape == (3,)
@@ -45,7 +49,8 @@ def check_loss(entry, tmp_path):
                                         real=torch.zeros(8, 4), real_logits=bad_fake))
     assert d_good.dim() == 0 and d_good < d_bad, "D's loss must fall when D separates real from fake"
     assert all(v.dim() == 0 for v in stats.values())
-    logits = torch.randn(8, requires_grad=True)
+    # D scores the fakes as fakes (< 0): every loss must push those scores up (LSGAN only pulls toward its target)
+    logits = (-2 * torch.rand(8)).requires_grad_(True)
     real = torch.randn(8) if loss.needs_real_in_g else None
     g, _ = loss.g_loss(PhaseContext(D=D, fake=torch.zeros(8, 4), fake_logits=logits, real_logits=real))
     g.backward()
@@ -77,6 +82,14 @@ def check_dataset(entry, tmp_path):
         opts.setdefault("count", 64)
     src = entry.obj(**opts)
     src.prepare()
+    direct = src.batches(batch_size=4, seed=0, rank=0, world_size=1, start_batch=0)
+    if direct is not None:  # a direct-batch source (the lab's 2D mixtures): pure function, exact resume
+        first = [b["image"] for b, _ in zip(direct, range(3))]
+        resumed = next(iter(src.batches(batch_size=4, seed=0, rank=0, world_size=1, start_batch=2)))
+        other_rank = next(iter(src.batches(batch_size=4, seed=0, rank=1, world_size=2, start_batch=0)))
+        assert first[0].shape[0] == 4 and torch.equal(resumed["image"], first[2])
+        assert not torch.equal(other_rank["image"], first[0])
+        return
     urls = src.urls()
     assert urls
     batch = next(iter(ShardStream(urls, batch_size=4, resolution=16)))

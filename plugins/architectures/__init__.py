@@ -1,1 +1,1 @@
-from . import dcgan  # noqa: F401
+from . import dcgan, mlp, stylegan  # noqa: F401

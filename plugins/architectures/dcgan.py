@@ -40,7 +40,7 @@ class DCGANGenerator(nn.Module):
 
 
 class DCGANDiscriminator(nn.Module):
-    def __init__(self, resolution: int, channels: int, width: int, batch_norm: bool):
+    def __init__(self, resolution: int, channels: int, width: int, batch_norm: bool, spectral_norm: bool = False):
         super().__init__()
         n_down = int(math.log2(resolution)) - 2
         layers = [nn.Conv2d(channels, width, 4, 2, 1), nn.LeakyReLU(0.2, True)]  # no BN on the input layer
@@ -54,6 +54,10 @@ class DCGANDiscriminator(nn.Module):
         layers.append(nn.Conv2d(ch, 1, 4, 1, 0))  # 4x4 -> 1x1 logit
         self.net = nn.Sequential(*layers)
         self.apply(_init_weights)
+        if spectral_norm:  # Miyato et al. 2018: every conv's weight divided by its largest singular value
+            for m in self.net:
+                if isinstance(m, nn.Conv2d):
+                    nn.utils.parametrizations.spectral_norm(m)
 
     def forward(self, x):
         return self.net(x).flatten()
@@ -64,7 +68,7 @@ class DCGAN(Architecture):
     """DCGAN: transposed-conv G (batch norm, ReLU, tanh), strided-conv D (leaky ReLU, optional batch norm)."""
 
     def __init__(self, resolution: int = 32, channels: int = 3, latent_dim: int = 100, g_width: int = 64,
-                 d_width: int = 64, d_batch_norm: bool = True):
+                 d_width: int = 64, d_batch_norm: bool = True, d_spectral_norm: bool = False):
         if resolution < 8 or resolution & (resolution - 1):
             raise ValueError(f"resolution must be a power of two >= 8, got {resolution}")
         if channels not in (1, 3):
@@ -73,9 +77,10 @@ class DCGAN(Architecture):
             raise ValueError("latent_dim, g_width and d_width must be > 0")
         self.resolution, self.channels, self.latent_dim = resolution, channels, latent_dim
         self.g_width, self.d_width, self.d_batch_norm = g_width, d_width, d_batch_norm
+        self.d_spectral_norm = d_spectral_norm
 
     def build_generator(self) -> nn.Module:
         return DCGANGenerator(self.latent_dim, self.resolution, self.channels, self.g_width)
 
     def build_discriminator(self) -> nn.Module:
-        return DCGANDiscriminator(self.resolution, self.channels, self.d_width, self.d_batch_norm)
+        return DCGANDiscriminator(self.resolution, self.channels, self.d_width, self.d_batch_norm, self.d_spectral_norm)

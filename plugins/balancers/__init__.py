@@ -1,1 +1,1 @@
-from . import alternate  # noqa: F401
+from . import adaptive, alternate, skip_d  # noqa: F401

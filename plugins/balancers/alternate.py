@@ -17,3 +17,6 @@ class Alternate(Balancer):
 
     def plan(self, step, stats):
         return ["D"] * self.n_critic + ["G"]
+
+    def log_stats(self) -> dict[str, float]:
+        return {"d_per_g": float(self.n_critic)}

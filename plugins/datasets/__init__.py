@@ -1,3 +1,3 @@
 """Built-in dataset sources."""
 
-from . import digits, webdataset_source  # noqa: F401
+from . import digits, mixtures, webdataset_source  # noqa: F401

@@ -1,1 +1,3 @@
 """Metric plugins."""
+
+from . import mode_coverage  # noqa: F401

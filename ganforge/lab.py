@@ -1,0 +1,287 @@
+"""The mode-collapse lab: sweep losses x balancers x seeds on a 2D Gaussian mixture with the real engine, score
+each run with the mode-coverage metrics (modes covered, high-quality share, reverse KL) and report mean ± std.
+
+Every run is an ordinary ganforge run (``run.run`` with overrides: the same recipe validation, Trainer,
+checkpoints and log.jsonl as ``ganforge run``), so a lab result is reproducible with one ``ganforge run`` command.
+Runs go to worker processes (``jobs``), one torch thread each; every combination is validated before any run
+starts, so a typo fails in a second, not after an hour of sweeping.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import os
+import re
+import statistics
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from . import config, registry
+from .errors import ConfigError, GanforgeError
+
+EVAL_SEED = 2024  # latents for evaluation: the same for every run, independent of the training seed
+
+
+@dataclass
+class Variant:
+    """A loss or balancer block to sweep, with a short label for the table."""
+
+    label: str
+    block: dict | None  # None: keep the recipe's own block
+
+
+@dataclass
+class RunSpec:
+    index: int
+    loss: Variant
+    balancer: Variant
+    seed: int
+    name: str
+    overrides: list[str]
+
+
+@dataclass
+class LabResult:
+    spec: RunSpec
+    metrics: dict[str, float]
+    seconds: float
+    steps: int
+    samples: np.ndarray = field(repr=False)
+
+
+def parse_variant(text: str, kind: str) -> Variant:
+    """``name`` or ``name:key=value,key=value`` (values in YAML) -> a plugin block; ``recipe`` keeps the recipe's."""
+    text = text.strip()
+    if text in ("", "recipe"):
+        return Variant("recipe", None)
+    name, _, opts = text.partition(":")
+    block: dict = {"type": name.strip()}
+    for item in filter(None, (o.strip() for o in opts.split(","))):
+        if "=" not in item:
+            raise ConfigError(f"--{kind} {text!r}: expected name:key=value[,key=value...], got {item!r}")
+        key, raw = item.split("=", 1)
+        try:
+            block[key.strip()] = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            block[key.strip()] = raw
+    return Variant(text, block)
+
+
+def expand_variants(values: list[str], kind: str) -> list[Variant]:
+    """Variants from repeated options; ``all`` stands for every registered plugin of the kind (default options)."""
+    out: list[Variant] = []
+    for v in values or ["recipe"]:
+        if v.strip() == "all":
+            out += [Variant(e.name, {"type": e.name}) for e in registry.entries(kind)]
+        else:
+            out.append(parse_variant(v, kind))
+    return out
+
+
+def _flow(block: dict) -> str:
+    return yaml.safe_dump(block, default_flow_style=True, width=10_000).strip()
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")[:60] or "x"
+
+
+def plan(recipe_path: str, overrides: list[str], losses: list[str], balancers: list[str], seeds: list[int],
+         out: Path) -> tuple[config.Recipe, list[RunSpec]]:
+    """Validate every combination (recipe keys, plugin names, option names and values) and name the runs."""
+    base = config.load_recipe(recipe_path, overrides)
+    source = registry.build("dataset", base.data.source, "data.source")
+    if not hasattr(source, "means") or not hasattr(source, "std"):
+        raise ConfigError(f"{recipe_path}: data.source: the lab needs a 2D mixture dataset (ring8, grid25), "
+                          f"got {base.data.source['type']!r}")
+    specs = []
+    loss_vs, bal_vs = expand_variants(losses, "loss"), expand_variants(balancers, "balancer")
+    for loss in loss_vs:
+        for bal in bal_vs:
+            for seed in seeds:
+                i = len(specs)
+                name = f"{i:03d}-{_slug(loss.label)}-{_slug(bal.label)}-s{seed}"
+                ov = [*overrides, f"runs_dir={out / 'runs'}", f"name={name}", f"seed={seed}", "log.wandb=false",
+                      "log.progress=false"]
+                if loss.block is not None:
+                    ov.append(f"loss={_flow(loss.block)}")
+                if bal.block is not None:
+                    ov.append(f"balancer={_flow(bal.block)}")
+                if seed == seeds[0]:  # values checked once per combination, before anything trains
+                    r = config.load_recipe(recipe_path, ov)
+                    registry.build("loss", r.loss, "loss")
+                    registry.build("balancer", r.balancer, "balancer")
+                    if r.augment is not None:
+                        registry.build("augment", r.augment, "augment")
+                    registry.build("architecture", r.model, "model")
+                specs.append(RunSpec(i, loss, bal, seed, name, ov))
+    return base, specs
+
+
+def evaluate(generator, arch, source, n: int) -> tuple[dict[str, float], np.ndarray]:
+    """Score ``n`` samples of ``generator`` (fixed latents) with the mode-coverage metrics."""
+    import torch
+
+    from plugins.metrics.mode_coverage import mode_coverage
+
+    g = torch.Generator().manual_seed(EVAL_SEED)
+    z = arch.sample_latents(n, generator=g)
+    with torch.no_grad():
+        was_training = generator.training
+        generator.eval()
+        x = generator(z.to(next(generator.parameters()).device)).float().cpu()
+        generator.train(was_training)
+    return mode_coverage(x, source.means, source.std), x.numpy()
+
+
+def run_one(recipe_path: str, spec: RunSpec, n_samples: int, net: str, quiet: bool = True) -> LabResult:
+    """Train one configuration through the real engine (resuming if its run directory has a checkpoint), then
+    evaluate G_ema (or G)."""
+    from . import run as run_mod
+
+    t0 = time.perf_counter()
+    sink = io.StringIO()
+    with contextlib.redirect_stdout(sink) if quiet else contextlib.nullcontext():
+        trainer = run_mod.run(recipe_path, spec.overrides)
+    seconds = time.perf_counter() - t0
+    generator = trainer.ema.model if net == "ema" else trainer.G_raw
+    metrics, samples = evaluate(generator, trainer.arch, trainer.source, n_samples)
+    return LabResult(spec, metrics, seconds, trainer.step, samples)
+
+
+def _worker_init():
+    os.environ.setdefault("WANDB_MODE", "disabled")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    finite = [v for v in values if math.isfinite(v)]
+    if len(finite) < len(values):
+        return math.inf, 0.0
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def summarize(results: list[LabResult]) -> list[dict]:
+    """One row per (loss, balancer): mean and sample std over seeds of each metric."""
+    groups: dict[tuple[str, str], list[LabResult]] = {}
+    for r in sorted(results, key=lambda r: r.spec.index):
+        groups.setdefault((r.spec.loss.label, r.spec.balancer.label), []).append(r)
+    rows = []
+    for (loss, bal), rs in groups.items():
+        row = {"loss": loss, "balancer": bal, "seeds": len(rs),
+               "seconds": statistics.fmean(r.seconds for r in rs)}
+        for key in ("modes", "high_quality", "reverse_kl"):
+            row[key], row[key + "_std"] = mean_std([r.metrics[key] for r in rs])
+        rows.append(row)
+    return rows
+
+
+def format_table(rows: list[dict], n_modes: int, markdown: bool = False) -> str:
+    head = ["loss", "balancer", "seeds", f"modes (of {n_modes})", "high quality %", "reverse KL", "s/run"]
+
+    def cells(r):
+        kl = "inf" if math.isinf(r["reverse_kl"]) else f"{r['reverse_kl']:.3f} ± {r['reverse_kl_std']:.3f}"
+        return [r["loss"], r["balancer"], str(r["seeds"]), f"{r['modes']:.1f} ± {r['modes_std']:.1f}",
+                f"{100 * r['high_quality']:.1f} ± {100 * r['high_quality_std']:.1f}", kl, f"{r['seconds']:.0f}"]
+
+    body = [cells(r) for r in rows]
+    if markdown:
+        lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * 5) + "|"]
+        return "\n".join(lines + ["| " + " | ".join(c) + " |" for c in body])
+    widths = [max(len(x) for x in col) for col in zip(head, *body)]
+    fmt = lambda cs: "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cs, widths)))
+    return "\n".join([fmt(head), fmt(["-" * w for w in widths])] + [fmt(c) for c in body])
+
+
+def write_plots(results: list[LabResult], source, out: Path, size: int = 256) -> Path:
+    """One scatter PNG per run (``scatter/<run>.png``) and an overview (``scatter.png``: a row per loss x
+    balancer, a column per seed)."""
+    from PIL import Image, ImageDraw
+
+    from plugins.metrics.mode_coverage import scatter_image
+
+    extent = float(getattr(source, "extent", np.abs(source.means.numpy()).max() * 1.25))
+    (out / "scatter").mkdir(parents=True, exist_ok=True)
+    rows: dict[tuple[str, str], list[tuple[LabResult, np.ndarray]]] = {}
+    for r in sorted(results, key=lambda r: r.spec.index):
+        img = scatter_image(r.samples, extent, size, source.means, source.std)
+        Image.fromarray(img).save(out / "scatter" / f"{r.spec.name}.png")
+        rows.setdefault((r.spec.loss.label, r.spec.balancer.label), []).append((r, img))
+    label_h, pad = 30, 4
+    ncol = max(len(v) for v in rows.values())
+    sheet = Image.new("RGB", (ncol * (size + pad) + pad, len(rows) * (size + label_h + pad) + pad), "white")
+    draw = ImageDraw.Draw(sheet)
+    for i, ((loss, bal), items) in enumerate(rows.items()):
+        y = pad + i * (size + label_h + pad)
+        for j, (r, img) in enumerate(items):
+            x = pad + j * (size + pad)
+            m = r.metrics
+            draw.text((x + 2, y + 2), f"{loss} / {bal} / seed {r.spec.seed}", fill="black")
+            draw.text((x + 2, y + 15), f"{m['modes']:.0f} modes, {100 * m['high_quality']:.1f}% HQ", fill="black")
+            sheet.paste(Image.fromarray(img), (x, y + label_h))
+    path = out / "scatter.png"
+    sheet.save(path)
+    return path
+
+
+def sweep(recipe_path: str, overrides: list[str], losses: list[str], balancers: list[str], seeds: list[int],
+          out: Path, jobs: int | None = None, n_samples: int = 2500, net: str = "ema", echo=print) -> list[dict]:
+    base, specs = plan(recipe_path, overrides, losses, balancers, seeds, out)
+    source = registry.build("dataset", base.data.source, "data.source")
+    if net == "ema" and base.train.ema_kimg <= 0:
+        raise ConfigError("train.ema_kimg is 0 (no G_ema): evaluate G instead (--net g)")
+    jobs = max(1, min(jobs or os.cpu_count() or 1, len(specs)))
+    out.mkdir(parents=True, exist_ok=True)
+    echo(f"lab: {len(specs)} runs ({len(specs) // len(seeds)} configurations x {len(seeds)} seeds) of "
+         f"{recipe_path} on {base.data.source['type']}, {jobs} job(s); output in {out}")
+    t0 = time.perf_counter()
+    results: list[LabResult] = []
+
+    def report(res: LabResult):
+        results.append(res)
+        m = res.metrics
+        echo(f"[{len(results)}/{len(specs)}] {res.spec.loss.label} / {res.spec.balancer.label} / seed "
+             f"{res.spec.seed}: {m['modes']:.0f} modes, {100 * m['high_quality']:.1f}% high quality, reverse KL "
+             f"{m['reverse_kl']:.3f} ({res.steps} steps, {res.seconds:.0f} s)")
+
+    if jobs == 1:
+        for spec in specs:
+            report(run_one(recipe_path, spec, n_samples, net))
+    else:
+        with ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), initializer=_worker_init) as pool:
+            futures = [pool.submit(run_one, recipe_path, s, n_samples, net) for s in specs]
+            for f in futures:
+                try:
+                    report(f.result())
+                except GanforgeError:
+                    for other in futures:
+                        other.cancel()
+                    raise
+    rows = summarize(results)
+    n_modes = len(source.means)
+    table = format_table(rows, n_modes)
+    wall = time.perf_counter() - t0
+    echo("")
+    echo(f"{base.data.source['type']}: mean ± std over seeds {seeds}, {n_samples} samples from "
+         f"{'G_ema' if net == 'ema' else 'G'} per run (high quality: within 3σ of a mode)")
+    echo(table)
+    plot = write_plots(results, source, out)
+    (out / "table.md").write_text(format_table(rows, n_modes, markdown=True) + "\n")
+    (out / "results.json").write_text(json.dumps({
+        "recipe": str(recipe_path), "overrides": list(overrides), "dataset": base.data.source, "seeds": seeds,
+        "samples": n_samples, "net": net, "jobs": jobs, "wall_seconds": wall, "summary": rows,
+        "runs": [{"name": r.spec.name, "loss": r.spec.loss.label, "balancer": r.spec.balancer.label,
+                  "seed": r.spec.seed, "steps": r.steps, "seconds": r.seconds, **r.metrics}
+                 for r in sorted(results, key=lambda r: r.spec.index)]}, indent=1))
+    echo(f"\n{len(specs)} runs in {wall:.0f} s; table: {out / 'table.md'}, scatter plots: {plot}, "
+         f"per run: {out / 'scatter'}/")
+    return rows

@@ -1,0 +1,36 @@
+"""R1 gradient penalty on real images (Mescheder et al., 2018), lazily as in StyleGAN2."""
+
+from __future__ import annotations
+
+import torch
+
+from ganforge.api import PhaseContext, Regularizer
+from ganforge.registry import register
+
+
+@register("regularizer", "r1")
+class R1(Regularizer):
+    """R1: gamma/2 * E ||grad_x D(x)||^2 on reals; lazy, every ``interval`` D steps (StyleGAN2: 16).
+
+    The engine hands over reals that require grad and D's logits on them (after augmentation, so the gradient is
+    taken w.r.t. the un-augmented image as in StyleGAN2-ADA), multiplies the penalty by ``interval`` and rescales
+    D's Adam lr/betas by interval / (interval + 1).
+    """
+
+    phase = "D"
+
+    def __init__(self, gamma: float = 10.0, interval: int = 16):
+        if gamma < 0:
+            raise ValueError(f"gamma must be >= 0, got {gamma}")
+        if not isinstance(interval, int) or interval < 1:
+            raise ValueError(f"interval must be an integer >= 1, got {interval!r}")
+        self.gamma, self.interval = gamma, interval
+
+    def penalty(self, ctx: PhaseContext):
+        if ctx.real is None or ctx.real_logits is None or not ctx.real.requires_grad:
+            raise ValueError("r1 needs the D phase's reals (requiring grad) and D's logits on them")
+        # create_graph: the penalty is itself differentiated w.r.t. D's weights (double backward; never compiled).
+        (grad,) = torch.autograd.grad(ctx.real_logits.float().sum(), ctx.real, create_graph=True)
+        grad_sq = grad.float().square().flatten(1).sum(1)  # [B]: ||grad_x D(x)||^2 per image
+        penalty = grad_sq.mean() * (self.gamma / 2)
+        return penalty, {"r1_penalty": penalty.detach(), "r1_grad_sq": grad_sq.detach().mean()}

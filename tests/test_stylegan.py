@@ -1,0 +1,295 @@
+"""StyleGAN architecture and the StyleGAN2 regime: demodulation, style mixing, truncation, analytic R1 and path
+length, mixed precision with double backward, resume across a lazy-regularization step, two ranks in step."""
+
+import json
+import math
+
+import pytest
+import torch
+from conftest import run_cli, write_recipe
+from safetensors.torch import load_file
+
+from ganforge import registry
+from ganforge.api import PhaseContext
+from ganforge.trainer import _lazy_optimizer
+from plugins.architectures.stylegan_layers import ModulatedConv2d
+from plugins.regularizers.path_length import PathLength
+from plugins.regularizers.r1 import R1
+
+torch.set_num_threads(1)
+TINY = {"type": "stylegan", "resolution": 16, "latent_dim": 16, "channel_base": 128, "channel_max": 16,
+        "mapping_layers": 2}
+
+
+def tiny_arch(**over):
+    return registry.build("architecture", {**TINY, **over})
+
+
+# ---- architecture ------------------------------------------------------------------------------------------------
+def test_demodulated_conv_keeps_unit_variance_for_any_style():
+    torch.manual_seed(0)
+    conv = ModulatedConv2d(32, 32, 3, w_dim=8)
+    plain = ModulatedConv2d(32, 32, 3, w_dim=8, demodulate=False)
+    plain.load_state_dict(conv.state_dict())
+    x = torch.randn(8, 32, 24, 24)  # unit variance
+    variances = []
+    with torch.no_grad():
+        for scale in (0.01, 1.0, 30.0):
+            for bias in (1.0, -3.0):  # styles of either sign and very different magnitudes per channel
+                conv.affine.bias.normal_(bias, 2.0)
+                plain.affine.bias.copy_(conv.affine.bias)
+                w = torch.randn(8, 8) * scale
+                y = conv(x, w)[:, :, 1:-1, 1:-1]  # interior: zero padding lowers the border's variance
+                per_channel = y.var(dim=(0, 2, 3))
+                assert per_channel.min() > 0.85 and per_channel.max() < 1.15, (scale, bias, per_channel)
+                variances.append(plain(x, w).var().item())
+    assert max(variances) / min(variances) > 10  # without demodulation the style sets the output scale
+
+
+def test_resolution_and_widths_from_parameters():
+    with torch.device("meta"):  # shapes only: a 1024^2 StyleGAN2 without allocating it
+        arch = registry.build("architecture", {"type": "stylegan", "resolution": 1024, "channel_base": 32768})
+        G, D = arch.build_generator(), arch.build_discriminator()
+    assert G.synthesis.num_ws == 18 and len(G.synthesis.blocks) == 8
+    assert G.synthesis.blocks[-1].conv1.conv.weight.shape == (32, 32, 3, 3)  # 32768 / 1024
+    assert G.synthesis.blocks[2].conv1.conv.weight.shape == (512, 512, 3, 3)  # 32^2: capped at channel_max
+    assert D.from_rgb.weight.shape == (32, 3, 1, 1) and len(D.blocks) == 8
+    assert 28e6 < sum(p.numel() for p in G.parameters()) < 32e6  # StyleGAN2 config F: ~30M in G
+    for bad in (8, 48, 2048):
+        with pytest.raises(Exception, match="power of two from 16 to 1024"):
+            tiny_arch(resolution=bad)
+
+
+def test_style_mixing_switches_style_once_at_a_random_layer():
+    torch.manual_seed(0)
+    G = tiny_arch(mixing_prob=1.0).build_generator().train()
+    z = torch.randn(6, 16)
+    with torch.no_grad():
+        own = G.mapping.embed(z)
+        cutoffs = set()
+        for _ in range(12):
+            ws = G.mapping(z)
+            n = ws.shape[1]
+            mine = (ws - own[:, None]).abs().amax(2) < 1e-6  # [B, num_ws]: layers still driven by z's own w
+            cut = int(mine[0].sum())
+            assert 1 <= cut < n and mine[:, :cut].all() and not mine[:, cut:].any()  # same cutoff for the batch
+            assert (ws[:, cut:] - ws[:, cut:cut + 1]).abs().max() < 1e-6  # one second style after the cutoff
+            cutoffs.add(cut)
+        assert len(cutoffs) > 1
+        G.mapping.mixing_prob = 0.0
+        assert torch.allclose(G.mapping(z), own[:, None].expand(-1, n, -1))
+
+
+def test_truncation_psi_zero_is_the_average_w_image_and_one_is_plain_sampling():
+    torch.manual_seed(0)
+    G = tiny_arch().build_generator()
+    with torch.no_grad():
+        for _ in range(5):
+            G(torch.randn(8, 16))  # training forwards track w_avg
+        assert G.mapping.w_avg.abs().sum() > 0
+        G.eval()
+        z = torch.randn(6, 16)
+        avg = G.synthesis(G.mapping.w_avg.expand(1, G.synthesis.num_ws, -1))
+        zero = G(z, truncation_psi=0.0)
+        assert torch.allclose(zero, avg.expand_as(zero), atol=1e-5)  # every z: the average-w image
+        plain = G(z)
+        assert torch.equal(G(z, truncation_psi=1.0), plain)  # psi = 1: untouched
+        assert torch.equal(G(z), plain)  # eval mode: fixed noise, deterministic samples
+        assert not torch.allclose(plain[0], plain[1])
+        half = G.mapping(z, truncation_psi=0.5)
+        full = G.mapping(z)
+        assert torch.allclose(half, G.mapping.w_avg + 0.5 * (full - G.mapping.w_avg), atol=1e-6)
+
+
+def test_channels_last_gives_the_same_networks():
+    import copy
+
+    torch.manual_seed(0)
+    arch = tiny_arch()
+    G, D = arch.build_generator().eval(), arch.build_discriminator()
+    G_cl, D_cl = (copy.deepcopy(m).to(memory_format=torch.channels_last) for m in (G, D))
+    z, x = torch.randn(4, 16), torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(G(z), G_cl(z), atol=1e-5)
+        assert torch.allclose(D(x), D_cl(x.contiguous(memory_format=torch.channels_last)), atol=1e-5)
+
+
+# ---- regularizers ------------------------------------------------------------------------------------------------
+class QuadraticD(torch.nn.Module):
+    """D(x) = 1/2 sum(a * x^2): grad_x D = a * x, so R1 = gamma/2 * mean_b sum (a x_b)^2."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Parameter(torch.rand(3, 4, 4) + 0.5)
+
+    def forward(self, x):
+        return 0.5 * (self.a * x.square()).flatten(1).sum(1)
+
+
+def test_r1_equals_the_analytic_value():
+    torch.manual_seed(0)
+    D, gamma = QuadraticD(), 3.0
+    real = torch.randn(5, 3, 4, 4).requires_grad_(True)
+    penalty, stats = R1(gamma=gamma).penalty(PhaseContext(D=D, real=real, real_logits=D(real)))
+    x, a = real.detach(), D.a.detach()
+    expected = gamma / 2 * (a * x).square().flatten(1).sum(1).mean()
+    assert torch.allclose(penalty, expected, rtol=1e-6)
+    penalty.backward()  # d/da = gamma * a * mean_b x^2: the penalty trains D through the double backward
+    assert torch.allclose(D.a.grad, gamma * a * x.square().mean(0), rtol=1e-5)
+    assert torch.allclose(stats["r1_penalty"], expected)
+
+
+class LinearG(torch.nn.Module):
+    """mapping: z -> ws (num_ws copies of z); synthesis: img = sum_{n,w} ws[n, w] * A[n, w] (a linear map, J = A)."""
+
+    def __init__(self, num_ws=3, w_dim=4, shape=(2, 5, 5)):
+        super().__init__()
+        self.A = torch.nn.Parameter(torch.randn(num_ws, w_dim, *shape))
+        self.num_ws, self.shape = num_ws, shape
+        self.register_buffer("pl_mean", torch.zeros(()))
+        self.scale = torch.nn.Parameter(torch.ones(()))  # keeps ws in the graph, like a real mapping network
+        self.mapping = lambda z: (z * self.scale)[:, None].expand(-1, self.num_ws, -1)
+
+    def synthesis(self, ws):
+        return torch.einsum("bnw,nwchx->bchx", ws, self.A)
+
+
+def test_path_length_equals_the_analytic_value():
+    torch.manual_seed(0)
+    G, arch = LinearG(), type("Arch", (), {"sample_latents": lambda self, n, device=None: torch.randn(n, 4)})()
+    reg = PathLength(weight=2.0, decay=0.1, batch_shrink=2)
+    y = torch.randn(3, 2, 5, 5)
+    reg.direction = lambda img: y  # a known image-space direction instead of a random one
+    penalty1, _ = reg.penalty(PhaseContext(D=None, G=G, arch=arch, batch_size=6))
+    # J^T y for sample b, layer n: sum over pixels of A[n, w, pixel] * y[b, pixel]; length = RMS over layers.
+    jty = torch.einsum("nwchx,bchx->bnw", G.A.detach(), y)
+    lengths = jty.square().sum(2).mean(1).sqrt()
+    mean1 = 0.1 * lengths.mean()  # lerp from 0 with decay 0.1
+    assert torch.allclose(G.pl_mean, mean1, rtol=1e-5)
+    assert torch.allclose(penalty1, 2.0 * (lengths - mean1).square().mean(), rtol=1e-5)
+    penalty1.backward()
+    assert G.A.grad is not None and G.A.grad.abs().sum() > 0  # the penalty trains G
+    penalty2, stats = reg.penalty(PhaseContext(D=None, G=G, arch=arch, batch_size=6))
+    mean2 = mean1 + 0.1 * (lengths.mean() - mean1)  # the running mean moves towards the batch mean
+    assert torch.allclose(G.pl_mean, mean2, rtol=1e-5) and torch.allclose(stats["pl_mean"], mean2, rtol=1e-5)
+    assert torch.allclose(penalty2, 2.0 * (lengths - mean2).square().mean(), rtol=1e-5)
+
+
+def test_path_length_keeps_its_own_mean_for_a_generator_without_the_buffer():
+    G = LinearG()
+    del G.pl_mean
+    arch = type("Arch", (), {"sample_latents": lambda self, n, device=None: torch.randn(n, 4)})()
+    reg = PathLength()
+    reg.penalty(PhaseContext(D=None, G=G, arch=arch, batch_size=4))
+    state = reg.state_dict()
+    assert state["pl_mean"] > 0
+    other = PathLength()
+    other.load_state_dict(state)
+    assert torch.equal(other.state_dict()["pl_mean"], state["pl_mean"])
+
+
+def test_penalties_are_finite_in_bf16_with_double_backward():
+    torch.manual_seed(0)
+    arch = tiny_arch()
+    G, D = arch.build_generator(), arch.build_discriminator()
+    real = (torch.rand(4, 3, 16, 16) * 2 - 1).requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        r1, _ = R1(gamma=1.0).penalty(PhaseContext(D=D, real=real, real_logits=D(real)))
+        pl, _ = PathLength().penalty(PhaseContext(D=D, G=G, arch=arch, batch_size=4))
+    (r1 + pl).backward()
+    for net in (G, D):
+        assert all(torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None)
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
+
+
+def test_lazy_intervals_rescale_adam_as_in_stylegan2():
+    from ganforge.config import OptimConfig
+
+    regs = [R1(interval=16), PathLength(interval=4)]
+    params = [torch.nn.Parameter(torch.zeros(1))]
+    opt_d = _lazy_optimizer(params, OptimConfig(lr=0.0025, betas=(0.0, 0.99)), regs, "D")
+    opt_g = _lazy_optimizer(params, OptimConfig(lr=0.0025, betas=(0.0, 0.99)), regs, "G")
+    assert opt_d.defaults["lr"] == pytest.approx(0.0025 * 16 / 17)
+    assert opt_d.defaults["betas"][1] == pytest.approx(0.99 ** (16 / 17))
+    assert opt_g.defaults["lr"] == pytest.approx(0.0025 * 4 / 5)
+
+
+# ---- end to end --------------------------------------------------------------------------------------------------
+def stylegan_recipe(tmp, cache, **over):
+    r = {
+        "name": "sg", "seed": 3, "runs_dir": str(tmp / "runs"),
+        "data": {"source": {"type": "digits", "resolution": 16, "count": 256, "shard_size": 128,
+                            "cache_dir": str(cache)}, "workers": 0},
+        "model": dict(TINY),
+        "regularizers": [{"type": "r1", "gamma": 1.0, "interval": 4},
+                         {"type": "path_length", "weight": 2.0, "interval": 2}],
+        "train": {"batch_size": 8, "kimg": 0.08, "threads": 1, "deterministic": True, "ema_kimg": 0.05,
+                  "ema_rampup": 0.05, "g_opt": {"lr": 0.0025, "betas": [0.0, 0.99]},
+                  "d_opt": {"lr": 0.0025, "betas": [0.0, 0.99]}},
+        "log": {"every": 1, "wandb": False, "progress": False},
+        "sample": {"every": 5, "n": 4, "truncation_psi": 0.7},
+        "checkpoint": {"every": 100, "keep": 2},
+    }
+    for key, value in over.items():
+        cur = r
+        *parents, last = key.split(".")
+        for p in parents:
+            cur = cur[p]
+        cur[last] = value
+    return r
+
+
+def _checkpoint_tensors(run):
+    ckpt = sorted((run / "checkpoints").glob("step-*"))[-1]
+    out = {f"G.{k}": v for k, v in load_file(ckpt / "model.safetensors").items()}  # incl. pl_mean, w_avg
+    out |= {f"D.{k}": v for k, v in load_file(ckpt / "model_1.safetensors").items()}
+    for i, name in enumerate(["optimizer.bin", "optimizer_1.bin"]):
+        st = torch.load(ckpt / name, weights_only=False)["state"]
+        out |= {f"opt{i}.{p}.{k}": v for p, s in st.items() for k, v in s.items() if torch.is_tensor(v)}
+    custom = torch.load(ckpt / "custom_checkpoint_0.pkl", weights_only=False)
+    out |= {f"ema.{k}": v for k, v in custom["ema"].items()}
+    return ckpt, out
+
+
+def test_resume_across_a_lazy_regularization_step_is_bit_identical(tmp_path, data_cache):
+    base = stylegan_recipe(tmp_path, data_cache)
+    full = write_recipe(tmp_path / "full.yaml", {**base, "name": "full"})
+    part = write_recipe(tmp_path / "part.yaml", {**base, "name": "part"})
+    a = run_cli("run", full)
+    assert a.returncode == 0, a.stderr[-3000:]
+    # Step 5 is the 5th iteration (D and G counts 4): R1 (every 4) and path length (every 2) both fired in it.
+    b1 = run_cli("run", part, "train.max_steps=5")
+    assert b1.returncode == 0 and "stopped: step 5" in b1.stdout, b1.stderr[-3000:]
+    b2 = run_cli("run", part)
+    assert b2.returncode == 0 and "(step 5," in b2.stdout, b2.stderr[-3000:]
+    rows = [json.loads(x) for x in (tmp_path / "runs/part/log.jsonl").read_text().splitlines()]
+    assert {"r1_penalty", "pl_penalty", "pl_mean"} <= rows[-1].keys()
+    (ca, ta), (cb, tb) = _checkpoint_tensors(tmp_path / "runs/full"), _checkpoint_tensors(tmp_path / "runs/part")
+    assert ca.name == cb.name == "step-00000010"
+    assert ta.keys() == tb.keys() and ta["G.pl_mean"] > 0 and ta["G.mapping.w_avg"].abs().sum() > 0
+    diff = [k for k in ta if not torch.equal(ta[k], tb[k])]
+    assert not diff, f"resumed run differs from the uninterrupted one in {diff[:5]}"
+    assert (tmp_path / "runs/part/samples/step-00000010.png").is_file()  # truncated samples (psi 0.7)
+
+
+@pytest.mark.slow
+def test_two_processes_with_lazy_r1_and_path_length_end_identical(tmp_path, data_cache):
+    import os
+    import subprocess
+    import sys
+
+    recipe = stylegan_recipe(tmp_path, data_cache, **{"regularizers": [
+        {"type": "r1", "gamma": 1.0, "interval": 2}, {"type": "path_length", "weight": 2.0, "interval": 2}],
+        "train.kimg": 0.128, "log.every": 2})
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "ganforge",
+           "run", str(write_recipe(tmp_path / "r.yaml", recipe))]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=os.environ.copy())
+    assert out.returncode == 0, out.stderr[-4000:]
+    run = tmp_path / "runs" / "sg"
+    ckpt = sorted((run / "checkpoints").glob("step-*"))[-1]
+    assert ckpt.name == "step-00000008"  # global batch 2 x 8: 0.128 kimg = 8 steps, R1 and PL fired 4 times each
+    ranks = json.loads((ckpt / "ranks.json").read_text())
+    assert ranks["world_size"] == 2 and len(set(ranks["fingerprints"])) == 1
+    rows = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(rows[-1][k]) for k in ("r1_penalty", "pl_penalty", "pl_mean"))
+    assert load_file(ckpt / "model.safetensors")["pl_mean"] > 0
