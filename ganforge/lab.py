@@ -87,6 +87,14 @@ def expand_variants(values: list[str], kind: str) -> list[Variant]:
     return out
 
 
+def _named(variant: Variant, recipe_block: dict) -> Variant:
+    """The recipe's own block gets a label that says what it is (``nonsaturating``, ``skip_d:threshold=0.5``)."""
+    if variant.block is not None:
+        return variant
+    opts = ",".join(f"{k}={v}" for k, v in recipe_block.items() if k != "type")
+    return Variant(recipe_block["type"] + (f":{opts}" if opts else ""), None)
+
+
 def _flow(block: dict) -> str:
     return yaml.safe_dump(block, default_flow_style=True, width=10_000).strip()
 
@@ -104,7 +112,8 @@ def plan(recipe_path: str, overrides: list[str], losses: list[str], balancers: l
         raise ConfigError(f"{recipe_path}: data.source: the lab needs a 2D mixture dataset (ring8, grid25), "
                           f"got {base.data.source['type']!r}")
     specs = []
-    loss_vs, bal_vs = expand_variants(losses, "loss"), expand_variants(balancers, "balancer")
+    loss_vs = [_named(v, base.loss) for v in expand_variants(losses, "loss")]
+    bal_vs = [_named(v, base.balancer) for v in expand_variants(balancers, "balancer")]
     for loss in loss_vs:
         for bal in bal_vs:
             for seed in seeds:

@@ -175,3 +175,14 @@ def test_run_error_for_bad_augment_value(tmp_path):
     assert out.returncode == 2 and len(err.splitlines()) == 1 and "augment: augment plugin 'diffaugment' " \
         "rejected its options: policy 'color,zoom'" in err, err
     assert not (tmp_path / "runs").exists()
+
+
+def test_recipe_blocks_are_labelled_by_what_they_are(tmp_path):
+    from ganforge.lab import plan
+
+    _, specs = plan(str(ROOT / "recipes/lab_ring8.yaml"), ["balancer={type: skip_d, threshold: 0.5}"], [],
+                    ["recipe", "alternate"], [0, 1], tmp_path)
+    assert [(s.loss.label, s.balancer.label, s.seed) for s in specs] == [
+        ("nonsaturating", "skip_d:threshold=0.5", 0), ("nonsaturating", "skip_d:threshold=0.5", 1),
+        ("nonsaturating", "alternate", 0), ("nonsaturating", "alternate", 1)]
+    assert specs[0].loss.block is None and specs[0].name == "000-nonsaturating-skip_d-threshold-0.5-s0"

@@ -293,3 +293,24 @@ def test_two_processes_with_lazy_r1_and_path_length_end_identical(tmp_path, data
     rows = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
     assert all(math.isfinite(rows[-1][k]) for k in ("r1_penalty", "pl_penalty", "pl_mean"))
     assert load_file(ckpt / "model.safetensors")["pl_mean"] > 0
+
+
+def test_conv_clamp_bounds_every_conv_output():
+    """``conv_clamp`` (the fp16 option) clips every conv output of G and D, as StyleGAN2-ADA does."""
+    from plugins.architectures.stylegan_layers import EqualConv2d, SynthesisLayer, ToRGB
+
+    def peak(arch):
+        torch.manual_seed(0)
+        G, D = arch.build_generator(), arch.build_discriminator()
+        seen = []
+        hooks = [m.register_forward_hook(lambda m, i, o: seen.append(o.abs().max().item()))
+                 for net in (G, D) for m in net.modules()
+                 if isinstance(m, (SynthesisLayer, ToRGB)) or (isinstance(m, EqualConv2d) and m.clamp is not None)]
+        D(G(arch.sample_latents(4)))
+        for h in hooks:
+            h.remove()
+        return max(seen), len(seen)
+
+    clamped, n = peak(tiny_arch(conv_clamp=0.25))
+    free, _ = peak(tiny_arch())
+    assert n > 10 and clamped <= 0.25 + 1e-6 and free > 0.25

@@ -15,7 +15,7 @@ import torch
 from ganforge.api import Augment
 from ganforge.registry import register
 
-from .diffaugment import _check_images
+from .diffaugment import _check_images, parse_ops
 
 OPS = ("xflip", "rotate90", "translate", "color")
 
@@ -90,11 +90,7 @@ class ADA(Augment):
 
     def __init__(self, p: float = 0.0, target: float | None = 0.6, interval: int = 4, ramp_steps: int = 5000,
                  ops: str = "xflip,rotate90,translate,color", p_max: float = 1.0, translate_ratio: float = 0.125):
-        names = [o.strip() for o in ops.split(",") if o.strip()]
-        unknown = [o for o in names if o not in OPS]
-        if unknown or not names:
-            raise ValueError(f"ops {ops!r}: unknown or missing transform(s) {unknown} (choose from "
-                             f"{', '.join(OPS)}, comma-separated)")
+        names = parse_ops(ops, OPS, "ops")
         if not 0.0 < p_max <= 1.0:
             raise ValueError(f"p_max must be in (0, 1], got {p_max}")
         if not 0.0 <= p <= p_max:

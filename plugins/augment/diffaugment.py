@@ -15,6 +15,16 @@ from ganforge.registry import register
 POLICIES = ("color", "translation", "cutout")
 
 
+def parse_ops(text: str, known, option: str) -> list[str]:
+    """``"a,b"`` -> ``["a", "b"]``, refusing an empty list or a name not in ``known`` (one message naming both)."""
+    ops = [o.strip() for o in text.split(",") if o.strip()]
+    unknown = [o for o in ops if o not in known]
+    if unknown or not ops:
+        raise ValueError(f"{option} {text!r}: unknown or missing transform(s) {unknown} (choose from "
+                         f"{', '.join(known)}, comma-separated)")
+    return ops
+
+
 def _check_images(x: torch.Tensor, who: str) -> None:
     if x.dim() != 4:
         raise ValueError(f"{who} augments images [B, C, H, W]; got a tensor of shape {list(x.shape)} "
@@ -69,11 +79,7 @@ class DiffAugment(Augment):
 
     def __init__(self, policy: str = "color,translation,cutout", translation_ratio: float = 0.125,
                  cutout_ratio: float = 0.5):
-        ops = [p.strip() for p in policy.split(",") if p.strip()]
-        unknown = [p for p in ops if p not in POLICIES]
-        if unknown or not ops:
-            raise ValueError(f"policy {policy!r}: unknown or missing transform(s) {unknown} (choose from "
-                             f"{', '.join(POLICIES)}, comma-separated)")
+        ops = parse_ops(policy, POLICIES, "policy")
         if not 0 < translation_ratio <= 0.5:
             raise ValueError(f"translation_ratio must be in (0, 0.5], got {translation_ratio}")
         if not 0 < cutout_ratio <= 1:
