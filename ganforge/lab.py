@@ -161,7 +161,11 @@ def run_one(recipe_path: str, spec: RunSpec, n_samples: int, net: str, quiet: bo
     sink = io.StringIO()
     with contextlib.redirect_stdout(sink) if quiet else contextlib.nullcontext():
         trainer = run_mod.run(recipe_path, spec.overrides)
-    seconds = time.perf_counter() - t0
+    if trainer.reason != "done":  # preempted (SIGTERM) or stopped early: scoring it would report a half-trained G
+        raise GanforgeError(f"lab run {spec.name} {trainer.reason} at step {trainer.step} before the end of its "
+                            "schedule; the sweep stops (run the same command again to continue it)")
+    # a run resumed or reused from an earlier sweep has no meaningful wall time of its own
+    seconds = time.perf_counter() - t0 if trainer.start_step == 0 else math.nan
     generator = trainer.ema.model if net == "ema" else trainer.G_raw
     metrics, samples = evaluate(generator, trainer.arch, trainer.source, n_samples)
     return LabResult(spec, metrics, seconds, trainer.step, samples)
@@ -186,8 +190,9 @@ def summarize(results: list[LabResult]) -> list[dict]:
         groups.setdefault((r.spec.loss.label, r.spec.balancer.label), []).append(r)
     rows = []
     for (loss, bal), rs in groups.items():
+        timed = [r.seconds for r in rs if math.isfinite(r.seconds)]
         row = {"loss": loss, "balancer": bal, "seeds": len(rs),
-               "seconds": statistics.fmean(r.seconds for r in rs)}
+               "seconds": statistics.fmean(timed) if timed else math.nan}
         for key in ("modes", "high_quality", "reverse_kl"):
             row[key], row[key + "_std"] = mean_std([r.metrics[key] for r in rs])
         rows.append(row)
@@ -200,7 +205,8 @@ def format_table(rows: list[dict], n_modes: int, markdown: bool = False) -> str:
     def cells(r):
         kl = "inf" if math.isinf(r["reverse_kl"]) else f"{r['reverse_kl']:.3f} ± {r['reverse_kl_std']:.3f}"
         return [r["loss"], r["balancer"], str(r["seeds"]), f"{r['modes']:.1f} ± {r['modes_std']:.1f}",
-                f"{100 * r['high_quality']:.1f} ± {100 * r['high_quality_std']:.1f}", kl, f"{r['seconds']:.0f}"]
+                f"{100 * r['high_quality']:.1f} ± {100 * r['high_quality_std']:.1f}", kl,
+                f"{r['seconds']:.0f}" if math.isfinite(r["seconds"]) else "reused"]
 
     body = [cells(r) for r in rows]
     if markdown:
@@ -209,6 +215,17 @@ def format_table(rows: list[dict], n_modes: int, markdown: bool = False) -> str:
     widths = [max(len(x) for x in col) for col in zip(head, *body)]
     fmt = lambda cs: "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cs, widths)))
     return "\n".join([fmt(head), fmt(["-" * w for w in widths])] + [fmt(c) for c in body])
+
+
+def _strict_json(obj):
+    """NaN/inf are not JSON: an unknown wall time becomes null, an infinite reverse KL the string "inf"."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
+    if isinstance(obj, dict):
+        return {k: _strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_strict_json(v) for v in obj]
+    return obj
 
 
 def write_plots(results: list[LabResult], source, out: Path, size: int = 256) -> Path:
@@ -260,7 +277,8 @@ def sweep(recipe_path: str, overrides: list[str], losses: list[str], balancers: 
         m = res.metrics
         echo(f"[{len(results)}/{len(specs)}] {res.spec.loss.label} / {res.spec.balancer.label} / seed "
              f"{res.spec.seed}: {m['modes']:.0f} modes, {100 * m['high_quality']:.1f}% high quality, reverse KL "
-             f"{m['reverse_kl']:.3f} ({res.steps} steps, {res.seconds:.0f} s)")
+             f"{m['reverse_kl']:.3f} ({res.steps} steps, "
+             f"{f'{res.seconds:.0f} s' if math.isfinite(res.seconds) else 'resumed or reused'})")
 
     if jobs == 1:
         for spec in specs:
@@ -285,12 +303,12 @@ def sweep(recipe_path: str, overrides: list[str], losses: list[str], balancers: 
     echo(table)
     plot = write_plots(results, source, out)
     (out / "table.md").write_text(format_table(rows, n_modes, markdown=True) + "\n")
-    (out / "results.json").write_text(json.dumps({
+    (out / "results.json").write_text(json.dumps(_strict_json({
         "recipe": str(recipe_path), "overrides": list(overrides), "dataset": base.data.source, "seeds": seeds,
         "samples": n_samples, "net": net, "jobs": jobs, "wall_seconds": wall, "summary": rows,
         "runs": [{"name": r.spec.name, "loss": r.spec.loss.label, "balancer": r.spec.balancer.label,
                   "seed": r.spec.seed, "steps": r.steps, "seconds": r.seconds, **r.metrics}
-                 for r in sorted(results, key=lambda r: r.spec.index)]}, indent=1))
+                 for r in sorted(results, key=lambda r: r.spec.index)]}), indent=1))
     echo(f"\n{len(specs)} runs in {wall:.0f} s; table: {out / 'table.md'}, scatter plots: {plot}, "
          f"per run: {out / 'scatter'}/")
     return rows

@@ -89,7 +89,7 @@ def g_phase(t) -> dict:
                     [G, D], out)
         for i in range(n):
             z = t.arch.sample_latents(bs, device=acc.device)
-            real = t.next_real() if t.loss.needs_real_in_g else None
+            real = t.next_real(counts_toward_kimg=False) if t.loss.needs_real_in_g else None
             with ExitStack() as stack:
                 stack.enter_context(acc.no_sync(D))  # D is frozen: its reducer must not take part
                 if i < n - 1:

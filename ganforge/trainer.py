@@ -94,6 +94,7 @@ class Trainer:
         self.D_raw = acc.unwrap_model(self.D, keep_torch_compile=False)
         self.ema = EMA(self.G_raw, r.train.ema_kimg, r.train.ema_rampup)
         self.state = TrainState()
+        self.start_step = 0  # where this process began (the checkpoint's step when resuming)
         regs = {f"regularizer{i}": reg for i, reg in enumerate(self.regularizers)}
         acc.register_for_checkpointing(Checkpointed(train=self.state, ema=self.ema, balancer=self.balancer,
                                                     augment=self.augment, **regs))
@@ -135,11 +136,14 @@ class Trainer:
         with torch.random.fork_rng(devices=[]):
             self.data_iter = iter(make_loader(stream))
 
-    def next_real(self) -> torch.Tensor:
+    def next_real(self, counts_toward_kimg: bool = True) -> torch.Tensor:
+        """The next real batch. kimg counts the reals D trains on; the reals a relativistic loss shows D in the
+        G phase still advance the stream position (resume) but not the schedule, so every loss gets the same
+        number of iterations for the same kimg."""
         batch = next(self.data_iter)
         self.state.batches += 1
         self.state.skipped += int(batch["skipped"])
-        self._real_batches += 1
+        self._real_batches += counts_toward_kimg
         real = batch["image"].to(self.accelerator.device, non_blocking=True)
         return real.to(memory_format=self.memory_format) if real.dim() == 4 else real
 
@@ -154,6 +158,7 @@ class Trainer:
     # ---- checkpoint ------------------------------------------------------------------------------------------
     def resume(self, ckpt: Path) -> None:
         self.accelerator.load_state(str(ckpt))
+        self.start_step = self.state.step
         self.accelerator.project_configuration.iteration = self.state.step  # load_state does not restore it
 
     def save_checkpoint(self) -> Path | None:

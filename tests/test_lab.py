@@ -186,3 +186,29 @@ def test_recipe_blocks_are_labelled_by_what_they_are(tmp_path):
         ("nonsaturating", "skip_d:threshold=0.5", 0), ("nonsaturating", "skip_d:threshold=0.5", 1),
         ("nonsaturating", "alternate", 0), ("nonsaturating", "alternate", 1)]
     assert specs[0].loss.block is None and specs[0].name == "000-nonsaturating-skip_d-threshold-0.5-s0"
+
+
+def _strict(text):
+    def refuse(name):
+        raise ValueError(f"not JSON: {name}")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_lab_rerun_reuses_runs_and_an_unfinished_run_is_never_scored(tmp_path):
+    first = _lab(tmp_path, "--seeds", "2", "--jobs", "1", "--samples", "100")
+    assert first.returncode == 0, first.stderr[-3000:]
+    timed = _strict((tmp_path / "lab/results.json").read_text())
+    assert all(r["seconds"] > 0 for r in timed["runs"])
+    again = _lab(tmp_path, "--seeds", "2", "--jobs", "1", "--samples", "100")
+    assert again.returncode == 0, again.stderr[-3000:]
+    row = next(line for line in again.stdout.splitlines() if line.startswith("nonsaturating "))
+    assert "resumed or reused" in again.stdout and row.endswith("reused"), again.stdout
+    reused = _strict((tmp_path / "lab/results.json").read_text())
+    assert all(r["seconds"] is None for r in reused["runs"]) and reused["summary"][0]["seconds"] is None
+    assert [r["modes"] for r in reused["runs"]] == [r["modes"] for r in timed["runs"]]  # same runs, same scores
+    # a run that stops before the end of its schedule (max_steps here, SIGTERM alike) stops the sweep
+    short = run_cli("lab", ROOT / "recipes/lab_ring8.yaml", "train.kimg=1.024", "train.max_steps=2",
+                    "model.g_width=16", "model.d_width=16", "--out", tmp_path / "short", "--seeds", "1")
+    err = short.stderr.strip()
+    assert short.returncode != 0 and "stopped at step 2 before the end of its schedule" in err, err
+    assert len(err.splitlines()) == 1 and not (tmp_path / "short/results.json").exists()

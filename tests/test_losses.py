@@ -132,3 +132,19 @@ def test_bad_loss_values_are_one_line_errors(block, needle):
     with pytest.raises(PluginError, match=needle) as e:
         registry.build("loss", block, "loss")
     assert str(e.value).startswith(f"loss: loss plugin '{block['type']}'") and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("loss", ["nonsaturating", "ragan"])
+def test_kimg_counts_the_reals_d_trains_on(tmp_path, monkeypatch, loss):
+    """A relativistic loss also shows D a real batch in the G phase: the stream moves on (two batches per
+    iteration), but the schedule counts D's reals only, so both losses run the same number of iterations."""
+    from conftest import ROOT
+
+    from ganforge import run as run_mod
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    t = run_mod.run(str(ROOT / "recipes/lab_ring8.yaml"), [
+        f"runs_dir={tmp_path}", f"loss.type={loss}", "train.batch_size=16", "train.kimg=0.16", "log.every=5",
+        "log.progress=false", "model.g_width=8", "model.d_width=8", "checkpoint.every=100", "sample.every=100"])
+    assert t.reason == "done" and t.step == 10 and t.state.images == 160
+    assert t.state.batches == (20 if loss == "ragan" else 10)
