@@ -106,8 +106,9 @@ def dcgan_share(pattern: str, workers: int, iters: int, rounds: int, tmp: Path, 
     import yaml
     from accelerate import Accelerator
 
-    from ganforge import config, registry
-    from ganforge.trainer import Trainer
+    from ganforge import config
+    from ganforge.build import build
+    from ganforge.engine.loop import Trainer
 
     raw = yaml.safe_load((ROOT / "recipes/dcgan.yaml").read_text())
     raw.update(runs_dir=str(tmp), log={"every": 10**9, "wandb": False, "progress": False})
@@ -115,12 +116,10 @@ def dcgan_share(pattern: str, workers: int, iters: int, rounds: int, tmp: Path, 
     raw["model"].update(resolution=res, g_width=width, d_width=width)
     raw["train"].update(batch_size=BATCH, ema_rampup=None)
     recipe = config.validate(raw)
-    arch = registry.build("architecture", recipe.model)
-    source = registry.build("dataset", recipe.data.source)
-    trainer = Trainer(recipe, Accelerator(cpu=True), tmp / f"run{workers}", arch, source)
+    trainer = Trainer(build(recipe), Accelerator(cpu=True), tmp / f"run{workers}")
     trainer.start_stream()
     waited = [0.0]
-    real_next = trainer.next_real
+    real_next = trainer.feed.next
 
     def timed_next():
         t0 = time.perf_counter()
@@ -128,7 +127,7 @@ def dcgan_share(pattern: str, workers: int, iters: int, rounds: int, tmp: Path, 
         waited[0] += time.perf_counter() - t0
         return out
 
-    trainer.next_real = timed_next
+    trainer.feed.next = timed_next
     for _ in range(2 + workers):  # warm-up: workers started, first shards read
         trainer.train_step()
     steps, shares = [], []
@@ -141,8 +140,8 @@ def dcgan_share(pattern: str, workers: int, iters: int, rounds: int, tmp: Path, 
         steps.append(total / iters)
         shares.append(waited[0] / total)
     # The same trainer on in-memory batches: the step time without any loader.
-    batches = [next(trainer.data_iter) for _ in range(4)]
-    trainer.data_iter = itertools.cycle(batches)
+    batches = [trainer.feed.raw_next() for _ in range(4)]
+    trainer.feed.use(itertools.cycle(batches), trainer.feed.stage, trainer.feed.batch_size)
     mem = []
     for _ in range(rounds):
         t0 = time.perf_counter()

@@ -30,17 +30,17 @@ ROOT = Path(__file__).resolve().parents[1]
 def build_trainer(workers: int, tmp: Path, batch: int):
     from accelerate import Accelerator
 
-    from ganforge import config, registry
-    from ganforge.trainer import Trainer
+    from ganforge import config
+    from ganforge.build import build
+    from ganforge.engine.loop import Trainer
 
     recipe = config.load_recipe(ROOT / "recipes/dcgan.yaml", [
         f"runs_dir={tmp}", f"train.batch_size={batch}", "log.wandb=false", "log.progress=false",
         "model.g_width=64", "model.d_width=64", "model.latent_dim=100", f"data.workers={workers}",
         "train.ema_rampup=null", f"data.source.cache_dir={tmp / 'cache'}", "data.source.count=4096"])
-    arch = registry.build("architecture", recipe.model)
-    source = registry.build("dataset", recipe.data.source)
-    source.prepare()
-    trainer = Trainer(recipe, Accelerator(cpu=True), tmp / "run", arch, source)
+    components = build(recipe)
+    components.source.prepare()
+    trainer = Trainer(components, Accelerator(cpu=True), tmp / "run")
     trainer.start_stream()
     return trainer
 
@@ -57,7 +57,7 @@ class HandWritten:
         self.opt_G = torch.optim.Adam(self.G.parameters(), lr=r.train.g_opt.lr, betas=r.train.g_opt.betas)
         self.opt_D = torch.optim.Adam(self.D.parameters(), lr=r.train.d_opt.lr, betas=r.train.d_opt.betas)
         self.batches = itertools.cycle(batches)
-        self.beta = trainer.ema.beta(r.train.batch_size, 1e9)
+        self.beta = trainer.task.ema.beta(r.train.batch_size, 1e9)
 
     def step(self):
         real = next(self.batches)["image"]
@@ -101,9 +101,9 @@ def main(argv=None):
     torch.set_num_threads(a.threads)
     with tempfile.TemporaryDirectory() as tmp:
         stream_trainer = build_trainer(a.workers, Path(tmp), a.batch)
-        batches = [next(stream_trainer.data_iter) for _ in range(16)]
+        batches = [stream_trainer.feed.raw_next() for _ in range(16)]
         mem_trainer = build_trainer(0, Path(tmp) / "mem", a.batch)
-        mem_trainer.data_iter = itertools.cycle(batches)
+        mem_trainer.feed.use(itertools.cycle(batches), 0, a.batch)
         hand = HandWritten(mem_trainer, batches)
         rows = {"hand-written loop (in-memory batches)": [], "ganforge train_step (in-memory batches)": [],
                 f"ganforge train_step (webdataset stream, {a.workers} workers)": []}

@@ -43,8 +43,9 @@ CYCLE = 16  # lcm of the R1 (16) and path-length (4) intervals
 def build_trainer(a, tmp: Path):
     from accelerate import Accelerator
 
-    from ganforge import config, registry
-    from ganforge.trainer import Trainer
+    from ganforge import config
+    from ganforge.build import build
+    from ganforge.engine.loop import Trainer
 
     name, over = PRESETS[a.preset]
     over = [*over, f"runs_dir={tmp}", f"train.batch_size={a.batch}", f"train.mixed_precision='{a.precision}'",
@@ -52,13 +53,14 @@ def build_trainer(a, tmp: Path):
             f"train.channels_last={str(a.channels_last).lower()}", f"train.compile={str(a.compile).lower()}",
             *a.set]
     recipe = config.load_recipe(ROOT / "recipes" / name, over)
-    arch = registry.build("architecture", recipe.model)
+    components = build(recipe, preflight_check=False)  # a 1024² pre-flight on the bench host would only cost time
+    arch = components.arch
     acc = Accelerator(cpu=a.device == "cpu", mixed_precision=a.precision,
                       dynamo_backend="inductor" if a.compile else None)
-    trainer = Trainer(recipe, acc, tmp / "run", arch, source=None)
+    trainer = Trainer(components, acc, tmp / "run")
     real = torch.rand(a.batch, arch.channels, arch.resolution, arch.resolution, device=acc.device) * 2 - 1
-    real = real.contiguous(memory_format=trainer.memory_format)
-    trainer.data_iter = itertools.repeat({"image": real, "skipped": 0})
+    real = real.contiguous(memory_format=trainer.feed.memory_format)
+    trainer.feed.use(itertools.repeat({"image": real, "skipped": 0}), 0, a.batch)
     return trainer
 
 

@@ -12,17 +12,51 @@ import torch
 from torch import nn
 
 Stats = dict[str, torch.Tensor]  # detached scalar tensors; the engine reduces them across ranks when it needs to
+Sample = "torch.Tensor | list[torch.Tensor]"  # one batch, or a multi-scale pyramid coarse -> fine (MSG-GAN)
+
+
+def tree_map(fn, x):
+    """Apply ``fn`` to every tensor of a sample (a tensor or a list/tuple of tensors, coarse -> fine). Everything
+    that touches samples (augment, R1, interpolation, memory format, diagnostics) goes through this, so a
+    multi-scale architecture needs no special case anywhere."""
+    if isinstance(x, (list, tuple)):
+        return type(x)(tree_map(fn, v) for v in x)
+    return fn(x) if isinstance(x, torch.Tensor) else x
+
+
+def leaves(x) -> list[torch.Tensor]:
+    """The tensors of a sample, coarse -> fine."""
+    return [t for v in x for t in leaves(v)] if isinstance(x, (list, tuple)) else [x]
+
+
+def batch_size(x) -> int:
+    return leaves(x)[0].shape[0]
+
+
+def finest(x) -> torch.Tensor:
+    """The full-resolution member of a sample (itself for a plain tensor)."""
+    return leaves(x)[-1]
 
 
 class Architecture:
-    """Builds G and D. G maps latents ``[B, latent_dim]`` to images ``[B, C, R, R]`` (about [-1, 1]); D maps
-    images to logits ``[B]``. G's forward may take ``truncation_psi`` (used for samples when the recipe sets
-    ``sample.truncation_psi``); anything G does only while training (style mixing, tracking the mean w) it does
-    when ``self.training`` is True — samples come from the EMA copy in eval mode."""
+    """Builds G and D. G maps latents ``[B, latent_dim]`` to images ``[B, C, R, R]`` (about [-1, 1]) or to a
+    pyramid (list coarse -> fine, MSG-GAN); D maps what G makes to logits ``[B]``. Anything G does only while
+    training (style mixing, tracking the mean w) it does when ``self.training`` is True — samples come from the
+    EMA copy in eval mode.
+
+    Optional parts the engine uses generically (defaults below; plugins need not subclass this class):
+    - ``supports_truncation`` and ``generate(G, z, truncation_psi)``: sampling with the truncation trick.
+    - ``stage_resolutions()``: the resolutions it can train at; more than one means it grows progressively.
+      Its G/D modules then expose ``set_stage(resolution, alpha)`` (plain attributes, no new parameters: layers
+      of later stages exist from the start and get no gradient, hence no Adam state, until their stage).
+    - ``prepare_real(images, resolution, alpha)``: what D sees of a real batch decoded at the stage resolution
+      (a fade-in blend for ProGAN, a pyramid for MSG-GAN).
+    """
 
     latent_dim: int
     resolution: int
     channels: int
+    supports_truncation: bool = False
 
     def build_generator(self) -> nn.Module:
         raise NotImplementedError
@@ -33,6 +67,17 @@ class Architecture:
     def sample_latents(self, n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
         return torch.randn(n, self.latent_dim, generator=generator, device=device)
 
+    def generate(self, G: nn.Module, z: torch.Tensor, truncation_psi: float = 1.0):
+        if truncation_psi != 1.0:
+            return G(z, truncation_psi=truncation_psi)
+        return G(z)
+
+    def stage_resolutions(self) -> list[int]:
+        return [self.resolution]
+
+    def prepare_real(self, images: torch.Tensor, resolution: int, alpha: float):
+        return images
+
     def render_samples(self, samples: torch.Tensor) -> torch.Tensor:
         """Turn G's outputs into images ``[N, C, H, W]`` in [-1, 1] for the sample grid (identity for image
         GANs; a scatter plot for 2D point GANs)."""
@@ -42,7 +87,8 @@ class Architecture:
 @dataclass
 class PhaseContext:
     """What a loss sees in one phase. ``real``/``real_logits`` are None in the G phase unless the loss sets
-    ``needs_real_in_g`` (relativistic losses)."""
+    ``needs_real_in_g`` (relativistic losses). ``real``/``fake`` are samples: a tensor, or a pyramid (list)
+    for multi-scale architectures — use ``tree_map``/``leaves`` rather than assuming a tensor."""
 
     D: nn.Module
     fake: torch.Tensor | None = None
@@ -92,17 +138,20 @@ class Balancer:
 
 
 class Regularizer:
-    """A penalty applied every ``interval`` steps of its phase ("D" or "G"): lazy regularization.
+    """A penalty on the network of its phase ("D" or "G"), every ``interval`` runs of that phase.
 
-    ``penalty(ctx)`` returns ``(penalty, stats)``; the engine multiplies the penalty by ``interval`` (so its
-    average strength does not depend on how often it runs) and back-propagates it into the phase's network
-    before that phase's optimizer step. In the D phase ``ctx.real`` requires grad and ``ctx.real_logits`` are
-    D's outputs on it (R1); in the G phase the plugin gets ``ctx.G`` and draws what it needs (path length).
-    ``lazy_ratio`` tells the engine how to rescale Adam's lr and betas (StyleGAN2: c = interval / (interval + 1)).
+    ``interval == 1``: folded into the main phase (one backward of loss + penalty, no optimizer correction).
+    ``interval = k > 1``: lazy regularization as in StyleGAN2 — a phase of its own ("D_reg:r1") with its own
+    optimizer step after every k-th main step, the penalty multiplied by k (same average strength), and that
+    network's Adam lr *= c, betas **= c with c = k / (k + 1) because it now takes k + 1 steps per k iterations.
+    In the D phase ``ctx.real`` requires grad and ``ctx.real_logits`` are D's outputs on it (R1); in the G phase
+    the plugin gets ``ctx.G`` and draws what it needs (path length). Attributes named in ``schedulable`` may be
+    driven by the recipe's ``schedule.values`` (e.g. ``regularizers[0].gamma``).
     """
 
     phase: str = "D"
     interval: int = 1
+    schedulable: tuple[str, ...] = ()
 
     def penalty(self, ctx: PhaseContext) -> tuple[torch.Tensor, Stats]:
         raise NotImplementedError
@@ -117,12 +166,20 @@ class Regularizer:
 class Augment:
     """A differentiable augmentation applied to real and fake images before D, in both phases.
 
-    ``needs_stats``/``update(step, stats)``: adaptive augmentations (ADA) receive the iteration's statistics
-    averaged over ranks (including ``d_real_sign``, the mean sign of D on reals) so ``p`` stays identical on every
-    rank. ``p`` and any other state go through ``state_dict`` into the checkpoint.
+    ``observe(real_logits)``: called in every D phase with D's logits on the augmented reals; returns the
+    statistics the augment wants (ADA: the mean sign). With ``needs_stats`` the engine averages the iteration's
+    statistics over ranks and passes them to ``update(step, stats)``, so ``p`` stays identical on every rank.
+    ``log_stats()`` goes to log.jsonl and the tracker; ``p`` and other state go through ``state_dict``.
     """
 
     needs_stats: bool = False
+    schedulable: tuple[str, ...] = ()
+
+    def observe(self, real_logits: torch.Tensor) -> Stats:
+        return {}
+
+    def log_stats(self) -> dict[str, float]:
+        return {}
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

@@ -41,7 +41,7 @@ def _seeds(text: str) -> list[int]:
 def lab(recipe, overrides, losses, balancers, seeds, jobs, samples, net, out):
     """Sweep losses x balancers x seeds of a 2D-mixture RECIPE and print modes covered, high-quality share and
     reverse KL (mean ± std over seeds), with scatter plots. OVERRIDES as in `ganforge run` (train.kimg=40)."""
-    from .lab import sweep
+    from .apps.lab import sweep
 
     if samples < 1:
         raise ConfigError(f"--samples: must be >= 1, got {samples}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import inspect
+import math
 import re
 import types
 import typing
@@ -20,6 +21,7 @@ from typing import Any, Literal
 import yaml
 
 from . import registry
+from .engine.schedule import ScheduleConfig
 from .errors import ConfigError, PluginError
 
 
@@ -65,6 +67,7 @@ class DataConfig:
 @dataclass
 class LogConfig:
     every: int = 50
+    every_kimg: float | None = None  # additionally (or, with every: 0, only) every this many kimg
     wandb: bool = True  # Accelerate's wandb tracker; offline unless WANDB_API_KEY / WANDB_MODE say otherwise
     project: str = "ganforge"
     progress: bool = True
@@ -73,6 +76,7 @@ class LogConfig:
 @dataclass
 class SampleConfig:
     every: int = 500
+    every_kimg: float | None = None
     n: int = 64
     truncation_psi: float = 1.0  # != 1 needs a G whose forward takes truncation_psi (StyleGAN-like)
 
@@ -80,6 +84,7 @@ class SampleConfig:
 @dataclass
 class CheckpointConfig:
     every: int = 1000
+    every_kimg: float | None = None
     keep: int = 3
 
 
@@ -98,6 +103,7 @@ class Recipe:
     log: LogConfig = field(default_factory=LogConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -166,6 +172,9 @@ def _check(value: Any, tp, path: str) -> Any:
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+        args = typing.get_args(tp)
+        if len(args) == 2:
+            return {k: _check(v, args[1], f"{path}.{k}") for k, v in value.items()}
         return value
     if tp is bool:
         if not isinstance(value, bool):
@@ -181,6 +190,8 @@ def _check(value: Any, tp, path: str) -> Any:
             return float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{path}: expected float, got {value!r}")
+        if not math.isfinite(value):  # YAML's .nan/.inf: no setting of ours means anything with them
+            raise ConfigError(f"{path}: must be a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -308,11 +319,18 @@ def validate(raw: dict) -> Recipe:
 
 def _check_ranges(r: Recipe):
     positive = {"train.batch_size": r.train.batch_size, "train.grad_accum": r.train.grad_accum,
-                "log.every": r.log.every, "sample.every": r.sample.every, "sample.n": r.sample.n,
-                "checkpoint.every": r.checkpoint.every, "checkpoint.keep": r.checkpoint.keep}
+                "sample.n": r.sample.n, "checkpoint.keep": r.checkpoint.keep}
     for path, v in positive.items():
         if v <= 0:
             raise ConfigError(f"{path}: must be > 0, got {v}")
+    for name in ("log", "sample", "checkpoint"):
+        block = getattr(r, name)
+        if block.every < 0 or (block.every == 0 and block.every_kimg is None):
+            raise ConfigError(f"{name}.every: must be > 0 (or 0 with {name}.every_kimg set), got {block.every}")
+        if block.every_kimg is not None and block.every_kimg <= 0:
+            raise ConfigError(f"{name}.every_kimg: must be > 0, got {block.every_kimg}")
+    if r.seed < 0 or r.seed >= 2**32:
+        raise ConfigError(f"seed: must be in [0, 2**32), got {r.seed}")
     if r.train.kimg <= 0:
         raise ConfigError(f"train.kimg: must be > 0, got {r.train.kimg}")
     if r.data.workers < 0:

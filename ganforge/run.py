@@ -13,7 +13,9 @@ from pathlib import Path
 import torch
 import yaml
 
-from . import checkpoint, config, registry
+from . import config
+from .build import build
+from .engine import checkpoint
 from .errors import DataError, GanforgeError
 
 
@@ -37,13 +39,11 @@ def _prepare_data(accelerator, source) -> None:
         raise DataError("data.source: the dataset produced no shard URLs")  # checked before the run dir exists
 
 
-def run(recipe_path: str, overrides: list[str], dry_run: bool = False, fresh: bool = False):
-    """Returns the finished Trainer (None for --dry-run) so scripts and tests can inspect the final state."""
-    recipe = config.load_recipe(recipe_path, overrides)
-    arch = registry.build("architecture", recipe.model, "model")
-    source = registry.build("dataset", recipe.data.source, "data.source")
-    registry.build("loss", recipe.loss, "loss")  # fail on bad values before anything is created
-    registry.build("balancer", recipe.balancer, "balancer")
+def run(recipe_path: str, overrides: list[str], dry_run: bool = False, fresh: bool = False, recipe=None):
+    """Returns the finished Trainer (None for --dry-run) so scripts and tests can inspect the final state.
+    ``recipe``: an already validated Recipe (the lab), instead of reading ``recipe_path``."""
+    recipe = recipe if recipe is not None else config.load_recipe(recipe_path, overrides)
+    components = build(recipe)  # every plugin, once; pre-flight included
     if dry_run:
         print(config.dump(recipe), end="")
         return None
@@ -56,35 +56,36 @@ def run(recipe_path: str, overrides: list[str], dry_run: bool = False, fresh: bo
         os.environ["WANDB_MODE"] = "offline"  # no key: write locally, `wandb sync` later (never hard-coded)
 
     from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration
+    from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
 
     run_dir = Path(recipe.runs_dir) / recipe.name
     # Accelerate only goes multi-process on CPU (gloo) when told cpu=True; without it, torchrun's ranks on a
     # GPU-less machine would each train alone and overwrite one another's run directory.
     multi_cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+    # A growing network leaves the layers of later stages unused: DDP must look for unused parameters or it
+    # waits forever for their gradients. Only then: the search costs a graph traversal per backward.
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=components.schedule(1).grows)
     try:
         accelerator = Accelerator(mixed_precision=recipe.train.mixed_precision, cpu=multi_cpu,
                                   dynamo_backend="inductor" if recipe.train.compile else None,
-                                  log_with="wandb" if recipe.log.wandb else None,
+                                  log_with="wandb" if recipe.log.wandb else None, kwargs_handlers=[ddp],
                                   project_config=ProjectConfiguration(project_dir=str(run_dir)))
     except ValueError as e:
         raise GanforgeError(f"train.mixed_precision={recipe.train.mixed_precision!r}: {e}") from None
-    _prepare_data(accelerator, source)
+    _prepare_data(accelerator, components.source)
 
-    from .trainer import Trainer
+    from .engine.loop import Trainer
 
-    ckpt = checkpoint.latest(run_dir / "checkpoints")
     if accelerator.is_main_process:
         if fresh and run_dir.exists():
             aside = run_dir.with_name(f"{run_dir.name}.prev-{time.strftime('%Y%m%d-%H%M%S')}")
             run_dir.rename(aside)  # never delete a user's run: move it aside
             print(f"--fresh: moved the previous run to {aside}")
-        elif ckpt is not None:
+        elif checkpoint.checkpoint_dirs(run_dir / "checkpoints"):
             _resume_guard(run_dir, recipe)
     accelerator.wait_for_everyone()  # no rank reads run_dir while rank 0 moves it
-    if fresh:
-        ckpt = None
-    trainer = Trainer(recipe, accelerator, run_dir, arch, source)
+    found = checkpoint.load(run_dir / "checkpoints", accelerator.process_index)
+    trainer = Trainer(components, accelerator, run_dir)
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "recipe.yaml").write_text(config.dump(recipe))
@@ -92,10 +93,10 @@ def run(recipe_path: str, overrides: list[str], dry_run: bool = False, fresh: bo
     if recipe.log.wandb:
         accelerator.init_trackers(recipe.log.project, config=recipe.to_dict(),
                                   init_kwargs={"wandb": {"dir": str(run_dir), "name": recipe.name}})
-    if ckpt is not None:
-        trainer.resume(ckpt)
+    if found is not None:
+        trainer.resume(found)
         if accelerator.is_main_process:
-            print(f"resuming from {ckpt} (step {trainer.step}, {trainer.state.kimg:.1f} kimg)")
+            print(f"resuming from {found[0]} (step {trainer.step}, {trainer.state.kimg:.1f} kimg)")
     trainer.start_stream()
     try:
         reason = trainer.fit()

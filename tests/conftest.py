@@ -51,3 +51,22 @@ def run_cli(*args, cwd=None, env=None, timeout=600, module=True) -> subprocess.C
 def data_cache(tmp_path_factory) -> Path:
     """One embedded-dataset cache shared by the session (shards are written once)."""
     return tmp_path_factory.mktemp("gf_cache")
+
+
+def ckpt_state(ckpt: Path) -> dict:
+    """The shared state tree of a checkpoint (modules, optimizers, schedulers, plugins, counters)."""
+    from ganforge.engine.statefile import load_tree
+
+    return load_tree(ckpt, "state")
+
+
+def ckpt_tensors(ckpt: Path) -> dict:
+    """Every tensor a checkpoint shares across ranks, by tree path (task.modules.G.*, task.optimizers.D.*, ...)."""
+    from safetensors.torch import load_file
+
+    return load_file(ckpt / "state.safetensors")
+
+
+def module_state(ckpt: Path, name: str) -> dict:
+    """One module's state_dict (G, D or G_ema) from a checkpoint."""
+    return ckpt_state(ckpt)["task"]["modules"][name]

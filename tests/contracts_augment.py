@@ -22,7 +22,7 @@ def check_augment(entry, tmp_path):
     assert not torch.equal(a, c), "augmentation must be random per call (give contract_options a p > 0)"
     if getattr(aug, "needs_stats", False):
         for step in range(16):
-            aug.update(step, {"d_real_sign": 1.0, "loss_d": 0.1})
+            aug.update(step, {"ada_signal": 1.0, "loss_d": 0.1})
     fresh = entry.obj(**opts)
     fresh.load_state_dict(aug.state_dict())
     assert fresh.state_dict() == aug.state_dict()

@@ -3,7 +3,7 @@ checkpoint through the real engine, and one-line errors."""
 
 import pytest
 import torch
-from conftest import run_cli, tiny_recipe, write_recipe
+from conftest import ckpt_state, run_cli, tiny_recipe, write_recipe
 
 from ganforge import registry
 from ganforge.errors import PluginError
@@ -92,11 +92,11 @@ class ChanceD(torch.nn.Module):
 
 
 def drive(aug, D, steps, real):
-    """The engine's loop as far as ADA sees it: D on augmented reals -> d_real_sign -> update (every step)."""
+    """The engine's loop as far as ADA sees it: D on augmented reals -> ada_signal -> update (every step)."""
     ps = []
     for step in range(steps):
         logits = D(aug(real))
-        aug.update(step, {"d_real_sign": logits.sign().mean().item()})
+        aug.update(step, {"ada_signal": logits.sign().mean().item()})
         ps.append(aug.p)
     return ps
 
@@ -118,12 +118,12 @@ def test_ada_p_rises_when_d_overfits_and_falls_otherwise():
 def test_ada_state_round_trip_mid_interval():
     a = build(type="ada", target=0.6, interval=4, ramp_steps=40)
     for s in range(6):
-        a.update(s, {"d_real_sign": 1.0})
+        a.update(s, {"ada_signal": 1.0})
     b = build(type="ada", target=0.6, interval=4, ramp_steps=40)
     b.load_state_dict(a.state_dict())
     for s in range(6, 10):
-        a.update(s, {"d_real_sign": 1.0})
-        b.update(s, {"d_real_sign": 1.0})
+        a.update(s, {"ada_signal": 1.0})
+        b.update(s, {"ada_signal": 1.0})
     assert a.p == b.p == pytest.approx(0.2) and a.state_dict() == b.state_dict()  # moved at updates 4 and 8
 
 
@@ -156,8 +156,10 @@ def test_ada_p_is_checkpointed_and_resume_is_exact(tmp_path, data_cache):
 
     def final(name):
         ckpt = sorted((tmp_path / "runs" / name / "checkpoints").glob("step-*"))[-1]
-        return torch.load(ckpt / "custom_checkpoint_0.pkl", weights_only=False)
+        return ckpt_state(ckpt)["task"]
 
     sa, sb = final("full"), final("part")
-    assert sa["augment"] == sb["augment"] and sa["augment"]["p"] != 0.2  # p moved (12 steps, 6 updates)
-    assert all(torch.equal(sa["ema"][k], sb["ema"][k]) for k in sa["ema"])
+    pa, pb = sa["plugins"]["augment"], sb["plugins"]["augment"]
+    assert pa == pb and pa["p"] != 0.2  # p moved (12 steps, 6 updates)
+    ema_a, ema_b = sa["modules"]["G_ema"], sb["modules"]["G_ema"]
+    assert all(torch.equal(ema_a[k], ema_b[k]) for k in ema_a)

@@ -6,7 +6,7 @@ import pickle
 
 import pytest
 import torch
-from conftest import run_cli, write_recipe
+from conftest import ckpt_state, run_cli, write_recipe
 
 from ganforge import registry
 
@@ -121,15 +121,15 @@ def test_skip_d_through_the_engine_resumes_from_checkpoint(tmp_path):
     part = write_recipe(tmp_path / "part.yaml", {**base, "name": "part"})
     assert (a := run_cli("run", full)).returncode == 0, a.stderr[-2000:]
     assert (b := run_cli("run", part, "train.max_steps=6")).returncode == 0, b.stderr[-2000:]
-    state = torch.load(next((tmp_path / "runs/part/checkpoints").glob("step-*")) / "custom_checkpoint_0.pkl",
-                       weights_only=False)
+    state = ckpt_state(next((tmp_path / "runs/part/checkpoints").glob("step-*")))["task"]["plugins"]
     assert {k: v for k, v in state["balancer"].items() if k != "last"} == \
         {"streak": 1, "skipped": 4, "d_steps": 2, "g_steps": 6}  # plans: DG G G G DG G
     assert (c := run_cli("run", part)).returncode == 0 and "resuming from" in c.stdout, c.stderr[-2000:]
 
     def final(name):
         ckpt = sorted((tmp_path / "runs" / name / "checkpoints").glob("step-*"))[-1]
-        return ckpt.name, torch.load(ckpt / "custom_checkpoint_0.pkl", weights_only=False)
+        task = ckpt_state(ckpt)["task"]
+        return ckpt.name, {"balancer": task["plugins"]["balancer"], "ema": task["modules"]["G_ema"]}
 
     (na, sa), (nb, sb) = final("full"), final("part")
     # 5 real batches of 16 = 0.08 kimg: D ran 5 times (every 4th iteration), G 17 times (12 D steps skipped)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ganforge import registry
-from ganforge.api import PhaseContext
+from ganforge.api import PhaseContext, finest, leaves, tree_map
 
 torch.set_num_threads(1)
 ENTRIES = registry.entries()
@@ -25,18 +25,31 @@ def check_architecture(entry, tmp_path):
     z = arch.sample_latents(3)
     assert z.shape == (3, arch.latent_dim)
     x = G(z)
-    # images [B, C, R, R]; point architectures (the lab's MLP) declare their own per-sample shape
+    # images [B, C, R, R] or a pyramid of them (coarse -> fine); point architectures (the lab's MLP) declare
+    # their own per-sample shape
     shape = tuple(getattr(arch, "sample_shape", (arch.channels, arch.resolution, arch.resolution)))
-    assert x.shape == (3, *shape)
-    grid = arch.render_samples(x.detach()) if hasattr(arch, "render_samples") else x
+    assert finest(x).shape == (3, *shape)
+    grid = arch.render_samples(tree_map(torch.Tensor.detach, x)) if hasattr(arch, "render_samples") else x
     assert grid.dim() == 4 and grid.shape[1] in (1, 3), "render_samples must give images [N, C, H, W]"
-    assert torch.isfinite(x).all()
+    assert all(torch.isfinite(t).all() for t in leaves(x))
     logits = D(x)
     assert logits.shape == (3,)
     (logits.sum()).backward()
     for name, p in [*G.named_parameters(), *D.named_parameters()]:
         assert p.grad is not None and torch.isfinite(p.grad).all(), f"no/invalid gradient for {name}"
     assert any(p.grad.abs().sum() > 0 for p in G.parameters())
+    # What D sees of a real batch (prepare_real) must fit D, at every stage the architecture trains at.
+    stages = arch.stage_resolutions() if hasattr(arch, "stage_resolutions") else [arch.resolution]
+    assert stages == sorted(stages) and stages[-1] == arch.resolution
+    for res in stages:
+        for m in (G, D):
+            if hasattr(m, "set_stage"):
+                m.set_stage(res, 0.5 if res != stages[0] else 1.0)
+        fake = G(arch.sample_latents(2))
+        real = torch.rand(2, *shape[:-2], res, res) * 2 - 1 if len(shape) == 3 else finest(fake).detach()
+        prep = arch.prepare_real(real, res, 0.5) if hasattr(arch, "prepare_real") else real
+        assert [t.shape for t in leaves(prep)] == [t.shape for t in leaves(fake)], f"stage {res}: real != fake"
+        assert D(prep).shape == (2,) and D(fake).shape == (2,)
 
 
 def check_loss(entry, tmp_path):

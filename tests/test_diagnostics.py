@@ -2,8 +2,8 @@
 
 import torch
 
-from ganforge import diagnostics
-from ganforge.diagnostics import Watchdog
+from ganforge.engine import diagnostics
+from ganforge.engine.diagnostics import Watchdog
 
 
 def test_d_outputs_accuracy_and_means():

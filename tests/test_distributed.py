@@ -27,9 +27,9 @@ def test_two_processes_finish_with_identical_weights(tmp_path, data_cache):
     # Global batch is 2 x 8: 0.256 kimg = 16 steps; both ranks' fingerprints (G, D, G_ema) agree.
     ckpt = sorted((run / "checkpoints").glob("step-*"))[-1]
     assert ckpt.name == "step-00000016"
-    ranks = json.loads((ckpt / "ranks.json").read_text())
+    ranks = json.loads((ckpt / "manifest.json").read_text())["meta"]
     assert ranks["world_size"] == 2 and len(set(ranks["fingerprints"])) == 1
-    assert (ckpt / "random_states_0.pkl").is_file() and (ckpt / "random_states_1.pkl").is_file()
+    assert (ckpt / "rank-00000.safetensors").is_file() and (ckpt / "rank-00001.safetensors").is_file()
     rows = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
     assert len(rows) == 8 and rows[-1]["kimg"] == pytest.approx(0.256)
     assert out.stdout.count("done: step 16") == 1  # only rank 0 reports
@@ -98,7 +98,7 @@ def test_two_nodes_over_veth(tmp_path, data_cache):
         outs = [p.communicate(timeout=600) for p in procs]
         assert all(p.returncode == 0 for p in procs), outs[0][1][-3000:] + outs[1][1][-3000:]
         ckpt = sorted((tmp_path / "runs" / "tiny" / "checkpoints").glob("step-*"))[-1]
-        ranks = json.loads((ckpt / "ranks.json").read_text())
+        ranks = json.loads((ckpt / "manifest.json").read_text())["meta"]
         assert ranks["world_size"] == 2 and len(set(ranks["fingerprints"])) == 1
     finally:
         for n in ns:

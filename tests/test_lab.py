@@ -178,7 +178,7 @@ def test_run_error_for_bad_augment_value(tmp_path):
 
 
 def test_recipe_blocks_are_labelled_by_what_they_are(tmp_path):
-    from ganforge.lab import plan
+    from ganforge.apps.lab import plan
 
     _, specs = plan(str(ROOT / "recipes/lab_ring8.yaml"), ["balancer={type: skip_d, threshold: 0.5}"], [],
                     ["recipe", "alternate"], [0, 1], tmp_path)

@@ -147,4 +147,4 @@ def test_kimg_counts_the_reals_d_trains_on(tmp_path, monkeypatch, loss):
         f"runs_dir={tmp_path}", f"loss.type={loss}", "train.batch_size=16", "train.kimg=0.16", "log.every=5",
         "log.progress=false", "model.g_width=8", "model.d_width=8", "checkpoint.every=100", "sample.every=100"])
     assert t.reason == "done" and t.step == 10 and t.state.images == 160
-    assert t.state.batches == (20 if loss == "ragan" else 10)
+    assert t.feed.samples == (20 if loss == "ragan" else 10) * 16

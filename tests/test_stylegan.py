@@ -6,12 +6,11 @@ import math
 
 import pytest
 import torch
-from conftest import run_cli, write_recipe
-from safetensors.torch import load_file
+from conftest import ckpt_tensors, module_state, run_cli, write_recipe
 
 from ganforge import registry
 from ganforge.api import PhaseContext
-from ganforge.trainer import _lazy_optimizer
+from ganforge.tasks.gan import lazy_factor, make_optimizer
 from plugins.architectures.stylegan_layers import ModulatedConv2d
 from plugins.regularizers.path_length import PathLength
 from plugins.regularizers.r1 import R1
@@ -207,11 +206,33 @@ def test_lazy_intervals_rescale_adam_as_in_stylegan2():
 
     regs = [R1(interval=16), PathLength(interval=4)]
     params = [torch.nn.Parameter(torch.zeros(1))]
-    opt_d = _lazy_optimizer(params, OptimConfig(lr=0.0025, betas=(0.0, 0.99)), regs, "D")
-    opt_g = _lazy_optimizer(params, OptimConfig(lr=0.0025, betas=(0.0, 0.99)), regs, "G")
+    opt_d = make_optimizer(params, OptimConfig(lr=0.0025, betas=(0.0, 0.99)), lazy_factor(regs, "D"))
+    opt_g = make_optimizer(params, OptimConfig(lr=0.0025, betas=(0.0, 0.99)), lazy_factor(regs, "G"))
     assert opt_d.defaults["lr"] == pytest.approx(0.0025 * 16 / 17)
     assert opt_d.defaults["betas"][1] == pytest.approx(0.99 ** (16 / 17))
     assert opt_g.defaults["lr"] == pytest.approx(0.0025 * 4 / 5)
+    # every-step (folded) penalties take no extra optimizer step, so they get no correction
+    assert lazy_factor([R1(interval=1), PathLength(interval=1)], "D") == 1.0
+
+
+def test_lazy_penalties_take_their_own_optimizer_steps(tmp_path, data_cache):
+    """The correction c = k/(k+1) is only right when the penalty runs as a phase of its own (k + 1 optimizer
+    steps per k iterations, StyleGAN2). Main used to fold it into the ordinary step yet still scale lr."""
+    from conftest import ckpt_state
+
+    recipe = stylegan_recipe(tmp_path, data_cache)  # 10 iterations, R1 every 4 D steps, path length every 2 G
+    out = run_cli("run", write_recipe(tmp_path / "r.yaml", recipe))
+    assert out.returncode == 0, out.stderr[-3000:]
+    ckpt = sorted((tmp_path / "runs/sg/checkpoints").glob("step-*"))[-1]
+    opt = ckpt_state(ckpt)["task"]["optimizers"]
+    steps = {n: [float(s["step"]) for s in opt[n]["state"].values()] for n in ("D", "G")}
+    # R1 at D counts 0, 4, 8; path length at 0, 2, 4, 6, 8. (Parameters a penalty does not depend on, such as
+    # D's last bias for R1, get no gradient in the penalty phase, and Adam does not count a step for them.)
+    assert (max(steps["D"]), max(steps["G"]), min(steps["D"] + steps["G"])) == (13.0, 15.0, 10.0)
+    rows = [json.loads(x) for x in (tmp_path / "runs/sg/log.jsonl").read_text().splitlines()]
+    lr = recipe["train"]
+    assert rows[-1]["lr_D"] == pytest.approx(lr["d_opt"]["lr"] * 4 / 5)
+    assert rows[-1]["lr_G"] == pytest.approx(lr["g_opt"]["lr"] * 2 / 3)
 
 
 # ---- end to end --------------------------------------------------------------------------------------------------
@@ -241,13 +262,7 @@ def stylegan_recipe(tmp, cache, **over):
 
 def _checkpoint_tensors(run):
     ckpt = sorted((run / "checkpoints").glob("step-*"))[-1]
-    out = {f"G.{k}": v for k, v in load_file(ckpt / "model.safetensors").items()}  # incl. pl_mean, w_avg
-    out |= {f"D.{k}": v for k, v in load_file(ckpt / "model_1.safetensors").items()}
-    for i, name in enumerate(["optimizer.bin", "optimizer_1.bin"]):
-        st = torch.load(ckpt / name, weights_only=False)["state"]
-        out |= {f"opt{i}.{p}.{k}": v for p, s in st.items() for k, v in s.items() if torch.is_tensor(v)}
-    custom = torch.load(ckpt / "custom_checkpoint_0.pkl", weights_only=False)
-    out |= {f"ema.{k}": v for k, v in custom["ema"].items()}
+    out = {k.replace("task.modules.", ""): v for k, v in ckpt_tensors(ckpt).items()}  # incl. pl_mean, w_avg
     return ckpt, out
 
 
@@ -288,11 +303,11 @@ def test_two_processes_with_lazy_r1_and_path_length_end_identical(tmp_path, data
     run = tmp_path / "runs" / "sg"
     ckpt = sorted((run / "checkpoints").glob("step-*"))[-1]
     assert ckpt.name == "step-00000008"  # global batch 2 x 8: 0.128 kimg = 8 steps, R1 and PL fired 4 times each
-    ranks = json.loads((ckpt / "ranks.json").read_text())
+    ranks = json.loads((ckpt / "manifest.json").read_text())["meta"]
     assert ranks["world_size"] == 2 and len(set(ranks["fingerprints"])) == 1
     rows = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
     assert all(math.isfinite(rows[-1][k]) for k in ("r1_penalty", "pl_penalty", "pl_mean"))
-    assert load_file(ckpt / "model.safetensors")["pl_mean"] > 0
+    assert module_state(ckpt, "G")["pl_mean"] > 0
 
 
 def test_conv_clamp_bounds_every_conv_output():

@@ -4,8 +4,7 @@ import json
 
 import pytest
 import torch
-from conftest import run_cli, tiny_recipe, write_recipe
-from safetensors.torch import load_file
+from conftest import ckpt_state, ckpt_tensors, module_state, run_cli, tiny_recipe, write_recipe
 
 from ganforge import registry
 
@@ -15,15 +14,8 @@ def _final_ckpt(run_dir):
 
 
 def _load_all(ckpt):
-    """Every tensor a checkpoint holds: both models, both optimizers, EMA, train state."""
-    out = {f"G.{k}": v for k, v in load_file(ckpt / "model.safetensors").items()}
-    out |= {f"D.{k}": v for k, v in load_file(ckpt / "model_1.safetensors").items()}
-    for i, name in enumerate(["optimizer.bin", "optimizer_1.bin"]):
-        st = torch.load(ckpt / name, weights_only=False)["state"]
-        out |= {f"opt{i}.{p}.{k}": v for p, s in st.items() for k, v in s.items() if torch.is_tensor(v)}
-    ema = torch.load(ckpt / "custom_checkpoint_0.pkl", weights_only=False)["ema"]
-    out |= {f"ema.{k}": v for k, v in ema.items()}
-    return out
+    """Every tensor a checkpoint holds: both models, both optimizers, EMA, schedulers' and plugins' tensors."""
+    return ckpt_tensors(ckpt)
 
 
 def test_short_run_trains_and_writes_everything(tmp_path, data_cache):
@@ -42,17 +34,17 @@ def test_short_run_trains_and_writes_everything(tmp_path, data_cache):
     ckpts = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert ckpts == ["step-00000010", "step-00000020"]  # keep=2, no temp dirs left
     ckpt = run / "checkpoints" / "step-00000020"
-    state = torch.load(ckpt / "custom_checkpoint_0.pkl", weights_only=False)["train"]
-    assert state["step"] == 20 and state["batches"] == 20  # one real batch per D phase
+    state = ckpt_state(ckpt)
+    assert state["loop"]["step"] == 20 and state["feed"]["samples"] == 20 * 8  # one real batch per D phase
     # The checkpoint loads into freshly built nets, and training moved them away from the init.
     arch = registry.build("architecture", recipe["model"])
     torch.manual_seed(recipe["seed"])
     G0 = arch.build_generator()
     G = arch.build_generator()
-    G.load_state_dict(load_file(ckpt / "model.safetensors"))
+    G.load_state_dict(module_state(ckpt, "G"))
     changed = [n for (n, a), b in zip(G0.named_parameters(), G.parameters()) if not torch.equal(a, b)]
     assert len(changed) == len(list(G.parameters()))
-    assert json.loads((ckpt / "ranks.json").read_text())["world_size"] == 1
+    assert json.loads((ckpt / "manifest.json").read_text())["meta"]["world_size"] == 1
 
 
 @pytest.mark.parametrize("workers", [0, 2])
@@ -158,5 +150,5 @@ def test_divergence_keeps_last_good_checkpoint(tmp_path, data_cache):
     assert "step-00000010" in err[-1]  # names the last good checkpoint
     ckpts = sorted(p.name for p in (tmp_path / "runs/tiny/checkpoints").iterdir())
     assert ckpts == ["step-00000010"]
-    good = load_file(tmp_path / "runs/tiny/checkpoints/step-00000010/model.safetensors")
+    good = ckpt_tensors(tmp_path / "runs/tiny/checkpoints/step-00000010")
     assert all(torch.isfinite(v).all() for v in good.values())

@@ -105,7 +105,7 @@ def _class_names(urls: list[str]) -> list[str] | None:
 
 
 def _write_grid(urls: list[str], path: str, n: int, sizes: Counter) -> str:
-    from ..samples import save_grid
+    from ..engine.samples import save_grid
 
     w, h = map(int, sizes.most_common(1)[0][0].split("x"))
     tile = max(8, min(128, w, h))  # big enough to judge, small enough that the grid stays a glance

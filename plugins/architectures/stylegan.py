@@ -154,6 +154,7 @@ class StyleGAN(Architecture):
 
     contract_options = {"resolution": 16, "latent_dim": 16, "channel_base": 256, "channel_max": 16,
                         "mapping_layers": 2}
+    supports_truncation = True  # G(z, truncation_psi=...) pulls w toward w_avg
 
     def __init__(self, resolution: int = 256, channels: int = 3, latent_dim: int = 512, w_dim: int | None = None,
                  mapping_layers: int = 8, mapping_lr_mul: float = 0.01, channel_base: int = 16384,

@@ -3,8 +3,9 @@ transform is applied to each image with probability ``p``, and a controller that
 overfitting heuristic r_t = E[sign(D(real))] stays near a target (0.6): r_t above the target means D is too sure
 of the reals (overfitting), so p rises; below, p falls.
 
-Only the engine-averaged ``d_real_sign`` feeds the controller, so p is identical on every rank; p and the
-controller's accumulator are checkpointed. Random draws use torch's global RNG (checkpointed by the engine)."""
+Only ``ada_signal`` (the sign this plugin observes, averaged over ranks by the engine) feeds the controller,
+so p is identical on every rank; p and the controller's accumulator are checkpointed. Random draws use torch's
+global RNG (checkpointed by the engine)."""
 
 from __future__ import annotations
 
@@ -87,6 +88,7 @@ class ADA(Augment):
     probability p; p follows D's overfitting signal E[sign(D(real))] toward ``target`` (``target: null``: fixed p)."""
 
     contract_options = {"p": 0.5}
+    schedulable = ("p",)  # e.g. a cosine p with target: null (R3GAN-style fixed schedule)
 
     def __init__(self, p: float = 0.0, target: float | None = 0.6, interval: int = 4, ramp_steps: int = 5000,
                  ops: str = "xflip,rotate90,translate,color", p_max: float = 1.0, translate_ratio: float = 0.125):
@@ -104,7 +106,7 @@ class ADA(Augment):
         self.ops, self.p, self.target, self.p_max = names, float(p), target, p_max
         self.interval, self.ramp_steps, self.translate_ratio = interval, ramp_steps, translate_ratio
         self.needs_stats = target is not None
-        self.sign_sum, self.sign_n = 0.0, 0  # accumulator of d_real_sign over the current interval
+        self.sign_sum, self.sign_n = 0.0, 0  # accumulator of the averaged sign over the current interval
         self.rt: float | None = None  # last r_t the controller acted on
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
@@ -123,12 +125,16 @@ class ADA(Augment):
                 x = color(x, p)
         return x
 
+    def observe(self, real_logits: torch.Tensor) -> dict[str, torch.Tensor]:
+        """D's overfitting heuristic on this batch; the engine averages it over ranks before ``update``."""
+        return {"ada_signal": real_logits.detach().float().sign().mean()}
+
     def update(self, step: int, stats: dict[str, float]) -> None:
-        """Fold in this iteration's averaged ``d_real_sign``; every ``interval`` iterations move p by
+        """Fold in this iteration's averaged ``ada_signal``; every ``interval`` iterations move p by
         sign(r_t - target) * interval / ramp_steps (so p can cross [0, 1] in ``ramp_steps`` iterations)."""
-        if self.target is None or "d_real_sign" not in stats or not math.isfinite(stats["d_real_sign"]):
+        if self.target is None or "ada_signal" not in stats or not math.isfinite(stats["ada_signal"]):
             return
-        self.sign_sum += float(stats["d_real_sign"])
+        self.sign_sum += float(stats["ada_signal"])
         self.sign_n += 1
         if self.sign_n < self.interval:
             return

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from ganforge.api import Loss, PhaseContext
+from ganforge.api import Loss, PhaseContext, leaves
 from ganforge.registry import register
 
 
@@ -16,12 +16,19 @@ def gradient_penalty(D, real: torch.Tensor, fake: torch.Tensor, center: float = 
 
     The norm is taken per *logit*: when D judges several samples jointly (PacGAN packing gives ``B / pack``
     logits) the gradient of each logit w.r.t. all the inputs it sees is one vector."""
-    real, fake = real.detach(), fake.detach().to(real.dtype)
-    eps = torch.rand([real.shape[0]] + [1] * (real.dim() - 1), device=real.device, dtype=real.dtype)
-    x_hat = (eps * real + (1 - eps) * fake).requires_grad_(True)
-    logits = D(x_hat).reshape(-1)
-    (grad,) = torch.autograd.grad(logits.sum(), x_hat, create_graph=True)
-    norms = grad.reshape(logits.numel(), -1).float().norm(dim=1)
+    first = leaves(real)[0]
+    eps = torch.rand(first.shape[0], device=first.device, dtype=first.dtype)  # one ε per sample, every scale
+
+    def mix(r, f):
+        e = eps.view([-1] + [1] * (r.dim() - 1))
+        return (e * r.detach() + (1 - e) * f.detach().to(r.dtype)).requires_grad_(True)
+
+    # Multi-scale samples (MSG-GAN pyramids) interpolate every scale with the same ε: x̂ is one point of the
+    # joint input space, and its gradient norm is taken over all scales together.
+    x_hat = [mix(r, f) for r, f in zip(leaves(real), leaves(fake))]
+    logits = D(x_hat if isinstance(real, (list, tuple)) else x_hat[0]).reshape(-1)
+    grads = torch.autograd.grad(logits.sum(), x_hat, create_graph=True)
+    norms = torch.cat([g.reshape(logits.numel(), -1).float() for g in grads], 1).norm(dim=1)
     return ((norms - center) ** 2).mean()
 
 

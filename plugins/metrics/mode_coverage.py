@@ -83,6 +83,17 @@ class ModeCoverage:
         self.n_sigma, self.min_count = n_sigma, min_count
         self.source = source
 
+    @classmethod
+    def from_source(cls, source, n_sigma: float = 3.0, min_count: int = 1) -> ModeCoverage:
+        """The metric for an already built mixture source (the lab's, with the recipe's own options)."""
+        self = cls.__new__(cls)
+        self.means, self.std, self.source = source.means, source.std, source
+        self.n_sigma, self.min_count = n_sigma, min_count
+        return self
+
+    def plot(self, points, extent: float, size: int = 256) -> np.ndarray:
+        return scatter_image(points, extent, size, self.means, self.std, self.n_sigma)
+
     def contract_inputs(self, n: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
         """Inputs this metric takes, for contract tests: (fake, real) samples ``[n, 2]``."""
         g = torch.Generator().manual_seed(0)

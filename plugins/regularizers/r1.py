@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ganforge.api import PhaseContext, Regularizer
+from ganforge.api import PhaseContext, Regularizer, leaves
 from ganforge.registry import register
 
 
@@ -18,6 +18,7 @@ class R1(Regularizer):
     """
 
     phase = "D"
+    schedulable = ("gamma",)
 
     def __init__(self, gamma: float = 10.0, interval: int = 16):
         if gamma < 0:
@@ -27,10 +28,12 @@ class R1(Regularizer):
         self.gamma, self.interval = gamma, interval
 
     def penalty(self, ctx: PhaseContext):
-        if ctx.real is None or ctx.real_logits is None or not ctx.real.requires_grad:
+        reals = leaves(ctx.real) if ctx.real is not None else []
+        if not reals or ctx.real_logits is None or not all(r.requires_grad for r in reals):
             raise ValueError("r1 needs the D phase's reals (requiring grad) and D's logits on them")
         # create_graph: the penalty is itself differentiated w.r.t. D's weights (double backward; never compiled).
-        (grad,) = torch.autograd.grad(ctx.real_logits.float().sum(), ctx.real, create_graph=True)
-        grad_sq = grad.float().square().flatten(1).sum(1)  # [B]: ||grad_x D(x)||^2 per image
+        # A multi-scale real (pyramid) is one input: the squared norm sums over all its scales.
+        grads = torch.autograd.grad(ctx.real_logits.float().sum(), reals, create_graph=True)
+        grad_sq = sum(g.float().square().flatten(1).sum(1) for g in grads)  # [B]: ||grad_x D(x)||^2 per image
         penalty = grad_sq.mean() * (self.gamma / 2)
         return penalty, {"r1_penalty": penalty.detach(), "r1_grad_sq": grad_sq.detach().mean()}

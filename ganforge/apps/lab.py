@@ -1,8 +1,10 @@
 """The mode-collapse lab: sweep losses x balancers x seeds on a 2D Gaussian mixture with the real engine, score
 each run with the mode-coverage metrics (modes covered, high-quality share, reverse KL) and report mean ± std.
 
-Every run is an ordinary ganforge run (``run.run`` with overrides: the same recipe validation, Trainer,
-checkpoints and log.jsonl as ``ganforge run``), so a lab result is reproducible with one ``ganforge run`` command.
+Every run is an ordinary ganforge run (``run.run`` with a validated Recipe: the same build, pre-flight, Trainer,
+checkpoints and log.jsonl as ``ganforge run``), so a lab result is reproducible with one ``ganforge run`` command
+(each run directory holds its resolved recipe.yaml). An application on top of the engine: it reaches the
+mode-coverage metric through the registry, like any user's script would.
 Runs go to worker processes (``jobs``), one torch thread each; every combination is validated before any run
 starts, so a typo fails in a second, not after an hour of sweeping.
 """
@@ -25,8 +27,9 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from . import config, registry
-from .errors import ConfigError, GanforgeError
+from .. import config, registry
+from ..build import build
+from ..errors import ConfigError, GanforgeError
 
 EVAL_SEED = 2024  # latents for evaluation: the same for every run, independent of the training seed
 
@@ -46,7 +49,7 @@ class RunSpec:
     balancer: Variant
     seed: int
     name: str
-    overrides: list[str]
+    recipe: config.Recipe  # fully validated; what `ganforge run <run dir>/recipe.yaml` would train
 
 
 @dataclass
@@ -95,10 +98,6 @@ def _named(variant: Variant, recipe_block: dict) -> Variant:
     return Variant(recipe_block["type"] + (f":{opts}" if opts else ""), None)
 
 
-def _flow(block: dict) -> str:
-    return yaml.safe_dump(block, default_flow_style=True, width=10_000).strip()
-
-
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")[:60] or "x"
 
@@ -119,20 +118,19 @@ def plan(recipe_path: str, overrides: list[str], losses: list[str], balancers: l
             for seed in seeds:
                 i = len(specs)
                 name = f"{i:03d}-{_slug(loss.label)}-{_slug(bal.label)}-s{seed}"
-                ov = [*overrides, f"runs_dir={out / 'runs'}", f"name={name}", f"seed={seed}", "log.wandb=false",
-                      "log.progress=false"]
+                raw = base.to_dict() | {"runs_dir": str(out / "runs"), "name": name, "seed": seed}
+                raw["log"] = {**raw["log"], "wandb": False, "progress": False}
                 if loss.block is not None:
-                    ov.append(f"loss={_flow(loss.block)}")
+                    raw["loss"] = dict(loss.block)
                 if bal.block is not None:
-                    ov.append(f"balancer={_flow(bal.block)}")
-                if seed == seeds[0]:  # values checked once per combination, before anything trains
-                    r = config.load_recipe(recipe_path, ov)
-                    registry.build("loss", r.loss, "loss")
-                    registry.build("balancer", r.balancer, "balancer")
-                    if r.augment is not None:
-                        registry.build("augment", r.augment, "augment")
-                    registry.build("architecture", r.model, "model")
-                specs.append(RunSpec(i, loss, bal, seed, name, ov))
+                    raw["balancer"] = dict(bal.block)
+                try:
+                    r = config.validate(raw)
+                except ConfigError as e:
+                    raise ConfigError(f"{recipe_path}: {e}") from None
+                if seed == seeds[0]:  # values and fit checked once per combination, before anything trains
+                    build(r)
+                specs.append(RunSpec(i, loss, bal, seed, name, r))
     return base, specs
 
 
@@ -140,8 +138,7 @@ def evaluate(generator, arch, source, n: int) -> tuple[dict[str, float], np.ndar
     """Score ``n`` samples of ``generator`` (fixed latents) with the mode-coverage metrics."""
     import torch
 
-    from plugins.metrics.mode_coverage import mode_coverage
-
+    metric = registry.get("metric", "mode_coverage", where="lab").obj.from_source(source)
     g = torch.Generator().manual_seed(EVAL_SEED)
     z = arch.sample_latents(n, generator=g)
     with torch.no_grad():
@@ -149,24 +146,24 @@ def evaluate(generator, arch, source, n: int) -> tuple[dict[str, float], np.ndar
         generator.eval()
         x = generator(z.to(next(generator.parameters()).device)).float().cpu()
         generator.train(was_training)
-    return mode_coverage(x, source.means, source.std), x.numpy()
+    return metric.compute(x), x.numpy()
 
 
 def run_one(recipe_path: str, spec: RunSpec, n_samples: int, net: str, quiet: bool = True) -> LabResult:
     """Train one configuration through the real engine (resuming if its run directory has a checkpoint), then
     evaluate G_ema (or G)."""
-    from . import run as run_mod
+    from .. import run as run_mod
 
     t0 = time.perf_counter()
     sink = io.StringIO()
     with contextlib.redirect_stdout(sink) if quiet else contextlib.nullcontext():
-        trainer = run_mod.run(recipe_path, spec.overrides)
+        trainer = run_mod.run(recipe_path, [], recipe=spec.recipe)
     if trainer.reason != "done":  # preempted (SIGTERM) or stopped early: scoring it would report a half-trained G
         raise GanforgeError(f"lab run {spec.name} {trainer.reason} at step {trainer.step} before the end of its "
                             "schedule; the sweep stops (run the same command again to continue it)")
     # a run resumed or reused from an earlier sweep has no meaningful wall time of its own
     seconds = time.perf_counter() - t0 if trainer.start_step == 0 else math.nan
-    generator = trainer.ema.model if net == "ema" else trainer.G_raw
+    generator = trainer.task.ema.model if net == "ema" else trainer.task.G_raw
     metrics, samples = evaluate(generator, trainer.arch, trainer.source, n_samples)
     return LabResult(spec, metrics, seconds, trainer.step, samples)
 
@@ -233,13 +230,12 @@ def write_plots(results: list[LabResult], source, out: Path, size: int = 256) ->
     balancer, a column per seed)."""
     from PIL import Image, ImageDraw
 
-    from plugins.metrics.mode_coverage import scatter_image
-
+    metric = registry.get("metric", "mode_coverage", where="lab").obj.from_source(source)
     extent = float(getattr(source, "extent", np.abs(source.means.numpy()).max() * 1.25))
     (out / "scatter").mkdir(parents=True, exist_ok=True)
     rows: dict[tuple[str, str], list[tuple[LabResult, np.ndarray]]] = {}
     for r in sorted(results, key=lambda r: r.spec.index):
-        img = scatter_image(r.samples, extent, size, source.means, source.std)
+        img = metric.plot(r.samples, extent, size)
         Image.fromarray(img).save(out / "scatter" / f"{r.spec.name}.png")
         rows.setdefault((r.spec.loss.label, r.spec.balancer.label), []).append((r, img))
     label_h, pad = 30, 4

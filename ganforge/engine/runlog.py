@@ -12,10 +12,12 @@ from tqdm.auto import tqdm
 
 class RunLog:
     def __init__(self, accelerator, run_dir: Path, total_kimg: float, start_kimg: float, use_tracker: bool,
-                 progress: bool):
+                 progress: bool, resume_step: int = 0):
         self.acc = accelerator
         self.main = accelerator.is_main_process
         self.path = run_dir / "log.jsonl"
+        if self.main:
+            self._truncate_after(resume_step)
         self.use_tracker = use_tracker
         self.bar = None
         if self.main and progress:
@@ -26,6 +28,24 @@ class RunLog:
         self._t0 = time.perf_counter()
         self._kimg0 = start_kimg
         self.last_rate = 0.0
+
+    def _truncate_after(self, step: int) -> None:
+        """Rows past the checkpoint we resume from were logged by a run that died before its next checkpoint;
+        the resumed run logs those steps again. Drop them so the log reads as one uninterrupted run."""
+        if not self.path.is_file():
+            return
+        lines = self.path.read_text().splitlines()
+        keep = []
+        for line in lines:
+            try:
+                if json.loads(line)["step"] <= step:
+                    keep.append(line)
+            except (ValueError, KeyError, TypeError):
+                pass  # a line cut short by kill -9: always past the checkpoint
+        if len(keep) != len(lines):
+            tmp = self.path.with_suffix(".jsonl.tmp")
+            tmp.write_text("".join(x + "\n" for x in keep))
+            tmp.replace(self.path)
 
     def progress(self, kimg: float, step: int) -> None:
         if self.bar is not None:
@@ -44,7 +64,8 @@ class RunLog:
     def log(self, step: int, values: dict) -> None:
         if not self.main:
             return
-        row = {"step": step, **{k: (round(v, 6) if isinstance(v, float) else v) for k, v in values.items()}}
+        # 7 significant digits: short lines, yet a learning rate of 1.9559e-4 survives (6 decimals would not)
+        row = {"step": step, **{k: (float(f"{v:.7g}") if isinstance(v, float) else v) for k, v in values.items()}}
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
         if self.use_tracker:  # trackers get the numbers; warnings (text) stay in log.jsonl and the console

@@ -1,0 +1,1 @@
+"""Applications on top of the engine's public API (the mode-collapse lab, ...)."""

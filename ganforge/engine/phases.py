@@ -1,0 +1,90 @@
+"""Phases as data, and the one runner that executes every phase.
+
+A ``Phase`` says what one optimizer step trains: the (prepared) modules it trains, the modules that are frozen
+while it runs, its optimizer, how many micro-batches it accumulates, and a function returning the loss and
+statistics of micro-batch ``i``. Tasks build phases; the runner does the rest, identically for all of them.
+
+Distributed hazards handled here, once:
+- A trained module's gradients are all-reduced once per phase: every micro-batch but the last runs under
+  ``no_sync``; gradients accumulate locally and the last (synced) backward all-reduces the sum.
+- Frozen modules run under ``no_sync`` with ``requires_grad=False``: the G phase runs D on fakes, and D's DDP
+  reducer must neither wait for gradients that never come ("Expected to have finished reduction ...") nor
+  waste an all-reduce.
+- ``manual_sync``: a phase whose loss goes through the *raw* modules (lazy penalties need double backward,
+  which DDP and torch.compile cannot do) gets no all-reduce from DDP, so its gradients are averaged over ranks
+  here, in one flat buffer, before the step — otherwise each rank would step with its own gradient and the
+  replicas would drift apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+LossFn = Callable[[int], tuple[torch.Tensor, dict]]
+
+
+@dataclass
+class Phase:
+    name: str
+    trains: list[nn.Module]
+    optimizer: torch.optim.Optimizer
+    loss_fn: LossFn
+    frozen: list[nn.Module] = field(default_factory=list)
+    micro_batches: int = 1
+    manual_sync: bool = False  # loss computed through raw (unwrapped) modules: average gradients by hand
+    diagnose: Callable[[], dict] | None = None  # extra statistics after backward, on log iterations only
+
+
+def _accumulate(total: dict, stats: dict, n: int) -> None:
+    for k, v in stats.items():
+        total[k] = total.get(k, 0.0) + torch.as_tensor(v).detach().float() / n
+
+
+def _average_grads(accelerator, params: list[nn.Parameter]) -> None:
+    grads = [p.grad for p in params if p.grad is not None]  # same set on every rank: same code, same phase
+    if accelerator.num_processes == 1 or not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    flat = accelerator.reduce(flat, reduction="mean")
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def run_phase(accelerator, phase: Phase, diagnose: bool = False) -> dict:
+    """requires_grad, no_sync, autocast, micro-batch accumulation, backward, optimizer step — for any phase."""
+    for m in phase.frozen:
+        m.requires_grad_(False)  # no grads for frozen weights: less memory, nothing for their reducer to expect
+    for m in phase.trains:
+        m.requires_grad_(True)
+    out: dict = {}
+    n = phase.micro_batches
+    try:
+        with ExitStack() as frozen:
+            for m in phase.frozen:
+                frozen.enter_context(accelerator.no_sync(m))
+            for i in range(n):
+                with ExitStack() as stack:
+                    if i < n - 1 or phase.manual_sync:
+                        for m in phase.trains:
+                            stack.enter_context(accelerator.no_sync(m))
+                    with accelerator.autocast():
+                        loss, stats = phase.loss_fn(i)
+                    accelerator.backward(loss / n)
+                _accumulate(out, stats, n)
+        if phase.manual_sync:
+            _average_grads(accelerator, [p for m in phase.trains for p in m.parameters()])
+        if diagnose and phase.diagnose is not None:
+            out.update(phase.diagnose())
+        phase.optimizer.step()
+        phase.optimizer.zero_grad(set_to_none=True)  # None, not 0: layers outside a growth stage keep no Adam state
+    finally:
+        for m in phase.frozen:
+            m.requires_grad_(True)
+    return out

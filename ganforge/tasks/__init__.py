@@ -1,0 +1,1 @@
+"""Tasks: what is trained (modules, optimizers, phases, checkpointed state, what a sample is)."""

@@ -1,0 +1,255 @@
+"""GANTask: adversarial training built from architecture + loss + regularizers + augment + balancer.
+
+It owns G, D, G_ema, both optimizers and their lr schedulers, turns the balancer's plan ("D", "D", "G") into
+Phase records (with lazy regularizers as phases of their own), says what one step consumed (reals shown to D)
+and what a sample is. The loop knows none of this; it runs phases, hooks and the schedule.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..api import PhaseContext, batch_size, finest, tree_map
+from ..engine import diagnostics
+from ..engine.ema import EMA
+from ..engine.phases import Phase
+from ..errors import GanforgeError
+from .targets import resolve_target
+
+
+def _arch(arch, name: str, default):
+    """Architecture plugins need not subclass api.Architecture: missing optional parts get the default."""
+    return getattr(arch, name, default)
+
+
+def lazy_factor(regs, phase: str) -> float:
+    """StyleGAN2's correction for a network regularized in phases of its own: k + 1 optimizer steps per k
+    iterations, so lr *= c and betas **= c with c = k / (k + 1). Folded (interval 1) penalties need none."""
+    c = 1.0
+    for reg in regs:
+        if reg.phase == phase and reg.interval > 1:
+            c *= reg.interval / (reg.interval + 1)
+    return c
+
+
+def make_optimizer(params, cfg, c: float) -> torch.optim.Adam:
+    return torch.optim.Adam(params, lr=cfg.lr * c, betas=tuple(b ** c for b in cfg.betas), eps=cfg.eps,
+                            weight_decay=cfg.weight_decay)
+
+
+class GANTask:
+    def __init__(self, c, recipe):
+        self.arch, self.loss, self.balancer, self.augment = c.arch, c.loss, c.balancer, c.augment
+        self.regularizers, self.recipe = c.regularizers, recipe
+        self.needs_stats = self.balancer.needs_stats or bool(self.augment is not None and self.augment.needs_stats)
+        self.counts = {"D": 0, "G": 0}  # main-phase runs: lazy regularizers fire on these
+        self.resolution, self.alpha, self.lr_mult = self.arch.resolution, 1.0, 1.0
+        self._d_runs, self.iteration = 0, 0
+
+    # ---- build (once per run) ---------------------------------------------------------------------------------
+    def setup(self, accelerator, feed, stage, memory_format=torch.contiguous_format) -> None:
+        r, acc = self.recipe, accelerator
+        self.acc, self.feed, self.memory_format = acc, feed, memory_format
+        # Same seed on every rank while building, so G and D start identical everywhere (DDP would broadcast
+        # rank 0's weights anyway, but the EMA copy and any non-DDP state must not depend on that).
+        torch.manual_seed(r.seed)
+        G = self.arch.build_generator().to(memory_format=memory_format)
+        D = self.arch.build_discriminator().to(memory_format=memory_format)
+        opt_G = make_optimizer(G.parameters(), r.train.g_opt, lazy_factor(self.regularizers, "G"))
+        opt_D = make_optimizer(D.parameters(), r.train.d_opt, lazy_factor(self.regularizers, "D"))
+        self.G, self.D, self.opt_G, self.opt_D = acc.prepare(G, D, opt_G, opt_D)
+        # The raw modules (no DDP, no torch.compile) serve EMA, checkpoints and the lazy penalties, whose double
+        # backward neither DDP nor torch.compile can do.
+        self.G_raw = acc.unwrap_model(self.G, keep_torch_compile=False)
+        self.D_raw = acc.unwrap_model(self.D, keep_torch_compile=False)
+        self.ema = EMA(self.G_raw, r.train.ema_kimg, r.train.ema_rampup)
+        self.set_stage(stage)
+        # torch lr schedulers driven by the schedule: the multiplier is a function of kimg that the loop hands
+        # over before each scheduler step, so lr(step) is exactly the schedule's formula, on every rank.
+        self.schedulers = {n: torch.optim.lr_scheduler.LambdaLR(o, lambda _: self.lr_mult)
+                           for n, o in (("G", self.opt_G), ("D", self.opt_D))}
+        self.main = {"D": self._d_phase(), "G": self._g_phase()}
+        self.lazy = {p: [(self._reg_phase(reg), reg.interval) for reg in self.regularizers
+                         if reg.phase == p and reg.interval > 1] for p in ("D", "G")}
+        g = torch.Generator().manual_seed(r.seed)
+        self.fixed_z = self.arch.sample_latents(r.sample.n, generator=g).to(acc.device)
+
+    def set_stage(self, stage) -> None:
+        """Resolution, fade-in alpha, lr multiplier and scheduled scalars for this iteration."""
+        self.resolution, self.alpha, self.lr_mult = stage.resolution, stage.alpha, stage.lr_mult
+        for m in (self.G_raw, self.D_raw, self.ema.model):
+            if hasattr(m, "set_stage"):
+                m.set_stage(stage.resolution, stage.alpha)
+        for path, value in stage.values.items():
+            if path == "ema_kimg":
+                self.ema.half_life_kimg = value
+            else:
+                obj, attr = resolve_target(self, path)
+                setattr(obj, attr, value)
+
+    def end_step(self, kimg: float, next_stage) -> None:
+        """EMA update, then the lr schedulers step to the multiplier of the next iteration's kimg."""
+        batch_images = self.feed.batch_size * self.recipe.train.grad_accum * self.acc.num_processes
+        self.ema.update(self.G_raw, batch_images, kimg)
+        self.lr_mult = next_stage.lr_mult
+        for s in self.schedulers.values():
+            s.step()
+
+    def observe(self, step: int, stats: dict) -> None:
+        """Rank-averaged statistics of the step (only when ``needs_stats``): adaptive augmentations follow them."""
+        if self.augment is not None and self.augment.needs_stats:
+            self.augment.update(step, stats)
+
+    def log_stats(self) -> dict:
+        out = {f"lr_{n}": o.param_groups[0]["lr"] for n, o in (("G", self.opt_G), ("D", self.opt_D))}
+        out |= {"resolution": self.resolution, "alpha": self.alpha}
+        for plugin in (self.balancer, self.augment, *self.regularizers):
+            if plugin is not None and hasattr(plugin, "log_stats"):
+                out |= plugin.log_stats()
+        return out
+
+    # ---- samples ----------------------------------------------------------------------------------------------
+    def render(self, z=None) -> torch.Tensor:
+        """Images ``[N, C, H, W]`` in [-1, 1] for the grid: fixed latents through G_ema (eval mode)."""
+        psi = self.recipe.sample.truncation_psi
+        generate = _arch(self.arch, "generate", None)
+        with torch.no_grad():
+            z = self.fixed_z if z is None else z
+            out = generate(self.ema.model, z, psi) if generate is not None else self.ema.model(z)
+            render = _arch(self.arch, "render_samples", None)
+            return render(out) if render is not None else out
+
+    # ---- checkpoint -------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        plugins = {"balancer": self.balancer, "augment": self.augment,
+                   **{f"regularizers[{i}]": r for i, r in enumerate(self.regularizers)}}
+        return {
+            "modules": {"G": self.G_raw.state_dict(), "D": self.D_raw.state_dict(), "G_ema": self.ema.state_dict()},
+            "optimizers": {"G": self.opt_G.state_dict(), "D": self.opt_D.state_dict()},
+            "schedulers": {n: s.state_dict() for n, s in self.schedulers.items()},
+            "plugins": {k: p.state_dict() for k, p in plugins.items() if p is not None},
+            "counts": dict(self.counts),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        for name, m in (("G", self.G_raw), ("D", self.D_raw)):
+            m.load_state_dict(state["modules"][name])
+        self.ema.load_state_dict(state["modules"]["G_ema"])
+        self.opt_G.load_state_dict(state["optimizers"]["G"])
+        self.opt_D.load_state_dict(state["optimizers"]["D"])
+        for n, s in self.schedulers.items():
+            s.load_state_dict(state["schedulers"][n])
+        plugins = {"balancer": self.balancer, "augment": self.augment,
+                   **{f"regularizers[{i}]": r for i, r in enumerate(self.regularizers)}}
+        for key, p in plugins.items():
+            if p is None:
+                continue
+            if key not in state["plugins"]:
+                raise GanforgeError(f"checkpoint has no state for {key} ({type(p).__name__}): the recipe's "
+                                    "plugins changed since it was written; pass --fresh to start over")
+            p.load_state_dict(state["plugins"][key])
+        self.counts = dict(state["counts"])
+
+    def networks(self) -> list:
+        """Modules whose weights must agree across ranks (and be finite) before a checkpoint is published."""
+        return [self.G_raw, self.D_raw, self.ema.model]
+
+    # ---- phases -------------------------------------------------------------------------------------------
+    def plan(self, step: int, stats: dict) -> list[Phase]:
+        self.iteration = step  # what losses and penalties see as ctx.step
+        names = self.balancer.plan(step, stats if self.balancer.needs_stats else {})
+        out = []
+        self._d_runs = 0
+        for name in names:
+            if name not in self.main:
+                raise GanforgeError(f"balancer {self.recipe.balancer['type']!r} planned phase {name!r}; "
+                                    f"phases are {sorted(self.main)}")
+            out.append(self.main[name])
+            out += [ph for ph, k in self.lazy[name] if self.counts[name] % k == 0]
+            self.counts[name] += 1
+            self._d_runs += name == "D"
+        return out
+
+    def images_this_step(self) -> int:
+        """Progress is counted in reals D trained on (all ranks): every loss gets the same iterations per kimg."""
+        self.step_images = self._d_runs * self.recipe.train.grad_accum * self.feed.batch_size * self.acc.num_processes
+        return self.step_images
+
+    def _aug(self, x):
+        return tree_map(self.augment, x) if self.augment is not None else x
+
+    def _real(self):
+        real = self.feed.next()
+        return _arch(self.arch, "prepare_real", lambda x, r, a: x)(real, self.resolution, self.alpha)
+
+    def _latents(self, n: int):
+        return self.arch.sample_latents(n, device=self.acc.device)
+
+    def _folded(self, phase: str, ctx_fn) -> tuple[torch.Tensor, dict]:
+        total, stats = 0.0, {}
+        for reg in self.regularizers:
+            if reg.phase == phase and reg.interval == 1:
+                penalty, s = reg.penalty(ctx_fn())
+                total, stats = total + penalty, {**stats, **s}
+        return total, stats
+
+    def _r1_ctx(self, real):
+        real = tree_map(lambda t: t.detach().requires_grad_(True), real)
+        return PhaseContext(D=self.D_raw, real=real, real_logits=self.D_raw(self._aug(real)), step=self.iteration,
+                            G=self.G_raw, arch=self.arch, batch_size=batch_size(real))
+
+    def _g_ctx(self):
+        return PhaseContext(D=self.D_raw, G=self.G_raw, arch=self.arch, batch_size=self.feed.batch_size,
+                            step=self.iteration)
+
+    def _d_phase(self) -> Phase:
+        def loss_fn(i):
+            real = self._real()
+            with torch.no_grad():
+                fake = self.G(self._latents(batch_size(real)))  # no graph through G: this phase trains D only
+            ctx = PhaseContext(D=self.D, real=real, fake=fake, real_logits=self.D(self._aug(real)),
+                               fake_logits=self.D(self._aug(fake)), step=self.iteration)
+            loss, stats = self.loss.d_loss(ctx)
+            if i == 0:
+                self.last_real, self.last_fake = real, fake
+                penalty, pstats = self._folded("D", lambda: self._r1_ctx(real))
+                loss, stats = loss + penalty, {**stats, **pstats}
+            if self.augment is not None:
+                stats.update(self.augment.observe(ctx.real_logits))
+            return loss, {**stats, **diagnostics.d_outputs(ctx.real_logits, ctx.fake_logits)}
+
+        def diagnose():
+            return {"grad_norm_d": diagnostics.grad_norm(self.D_raw),
+                    "diversity": diagnostics.diversity(finest(self.last_real), finest(self.last_fake))}
+
+        return Phase("D", [self.D], self.opt_D, loss_fn, micro_batches=self.recipe.train.grad_accum,
+                     diagnose=diagnose)
+
+    def _g_phase(self) -> Phase:
+        def loss_fn(i):
+            real = self._real() if self.loss.needs_real_in_g else None  # advances the stream, not kimg
+            fake = self.G(self._latents(self.feed.batch_size))
+            ctx = PhaseContext(D=self.D, fake=fake, fake_logits=self.D(self._aug(fake)), step=self.iteration,
+                               real=real, real_logits=self.D(self._aug(real)) if real is not None else None)
+            loss, stats = self.loss.g_loss(ctx)
+            if i == 0:
+                penalty, pstats = self._folded("G", self._g_ctx)
+                loss, stats = loss + penalty, {**stats, **pstats}
+            return loss, stats
+
+        return Phase("G", [self.G], self.opt_G, loss_fn, frozen=[self.D], micro_batches=self.recipe.train.grad_accum,
+                     diagnose=lambda: {"grad_norm_g": diagnostics.grad_norm(self.G_raw)})
+
+    def _reg_phase(self, reg) -> Phase:
+        """A lazy penalty as its own optimizer step, x interval (same average strength as every step)."""
+        if reg.phase == "D":
+            def loss_fn(i):
+                penalty, stats = reg.penalty(self._r1_ctx(self.last_real))  # the reals of the D phase just run
+                return penalty * reg.interval, stats
+            return Phase(f"D_reg:{type(reg).__name__}", [self.D_raw], self.opt_D, loss_fn, manual_sync=True)
+
+        def g_loss_fn(i):
+            penalty, stats = reg.penalty(self._g_ctx())
+            return penalty * reg.interval, stats
+        return Phase(f"G_reg:{type(reg).__name__}", [self.G_raw], self.opt_G, g_loss_fn, frozen=[self.D_raw],
+                     manual_sync=True)

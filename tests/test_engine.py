@@ -1,0 +1,115 @@
+"""Engine v2 seams through the real CLI: pre-flight of incompatible blocks, plugin log statistics, kimg hooks,
+range checks, and checkpoints that are verified and never unpickled."""
+
+import json
+import pickle
+
+import pytest
+from conftest import ckpt_tensors, run_cli, tiny_recipe, write_recipe
+
+
+def _rows(run):
+    return [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
+
+
+def _one_line_error(out, tmp_path, *needles):
+    err = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and len(err) == 1, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr and not (tmp_path / "runs").exists()
+    for n in needles:
+        assert n in err[0], err[0]
+
+
+def test_path_length_on_dcgan_fails_in_preflight(tmp_path, data_cache):
+    r = tiny_recipe(tmp_path, data_cache, regularizers=[{"type": "path_length"}])
+    out = run_cli("run", write_recipe(tmp_path / "r.yaml", r))
+    _one_line_error(out, tmp_path, "regularizers[0] 'path_length'", "model 'dcgan'", "do not fit")
+
+
+def test_augmentation_of_2d_points_fails_in_preflight(tmp_path):
+    from conftest import ROOT
+
+    from ganforge.config import load_raw
+
+    r = load_raw(ROOT / "recipes/lab_grid25.yaml")
+    r.update(runs_dir=str(tmp_path / "runs"), augment={"type": "ada", "p": 0.5})
+    out = run_cli("run", write_recipe(tmp_path / "r.yaml", r), "log.wandb=false")
+    _one_line_error(out, tmp_path, "augment 'ada'", "data.source 'grid25'")
+
+
+def test_ada_p_reaches_log_jsonl(tmp_path, data_cache):
+    r = tiny_recipe(tmp_path, data_cache, augment={"type": "ada", "p": 0.2, "target": 0.6, "interval": 2,
+                                                   "ramp_steps": 20})
+    out = run_cli("run", write_recipe(tmp_path / "r.yaml", r))
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = _rows(tmp_path / "runs/tiny")
+    assert all("ada_p" in x for x in rows) and rows[-1]["ada_p"] != 0.2  # the controller moved p
+    assert "ada_signal" in rows[-1] and "d_real_sign" not in rows[-1]  # the plugin's own statistic
+
+
+def test_hooks_can_fire_every_n_kimg(tmp_path, data_cache):
+    r = tiny_recipe(tmp_path, data_cache, **{"sample.every": 0, "sample.every_kimg": 0.04})
+    out = run_cli("run", write_recipe(tmp_path / "r.yaml", r))
+    assert out.returncode == 0, out.stderr[-3000:]
+    # 8 images per step: 0.04 kimg = every 5 steps, plus nothing extra at the end (step 20 is one of them)
+    names = sorted(p.name for p in (tmp_path / "runs/tiny/samples").glob("*.png"))
+    assert names == [f"step-{s:08d}.png" for s in (5, 10, 15, 20)]
+
+
+@pytest.mark.parametrize("override,message", [
+    ("train.d_opt.lr=.nan", "train.d_opt.lr: must be a finite number"),
+    ("train.kimg=.inf", "train.kimg: must be a finite number"),
+    ("seed=-7", "seed: must be in [0, 2**32)"),
+    ("loss={type: wgan_gp, gp_weight: .nan}", "loss.gp_weight: must be a finite number"),
+])
+def test_non_finite_and_out_of_range_values_fail_in_one_line(tmp_path, data_cache, override, message):
+    out = run_cli("run", write_recipe(tmp_path / "r.yaml", tiny_recipe(tmp_path, data_cache)), override)
+    _one_line_error(out, tmp_path, message)
+
+
+def _finished_run(tmp_path, data_cache, **over):
+    r = tiny_recipe(tmp_path, data_cache, **over)
+    path = write_recipe(tmp_path / "r.yaml", r)
+    out = run_cli("run", path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return path, tmp_path / "runs/tiny/checkpoints"
+
+
+class _Marker:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (str(self.path), "w"))  # unpickling would create the marker file
+
+
+@pytest.mark.parametrize("victim", ["state.json", "state.safetensors", "rank-00000.json", "rank-00000.safetensors"])
+def test_crafted_pickle_in_a_checkpoint_is_refused_and_never_executed(tmp_path, data_cache, victim):
+    path, root = _finished_run(tmp_path, data_cache, **{"train.kimg": 0.08, "checkpoint.every": 5})
+    only = sorted(root.glob("step-*"))
+    marker = tmp_path / "pwned"
+    for ckpt in only:  # every checkpoint poisoned: nothing is usable, so the run must not start fresh either
+        (ckpt / victim).write_bytes(pickle.dumps(_Marker(marker)))
+    out = run_cli("run", path, "train.kimg=0.16")
+    assert not marker.exists()
+    assert out.returncode == 2 and "no checkpoint verifies" in out.stderr.strip().splitlines()[-1], out.stderr
+    assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("victim", ["state.safetensors", "state.json", "rank-00000.safetensors", "manifest.json"])
+def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, data_cache, victim):
+    path, root = _finished_run(tmp_path, data_cache, **{"train.kimg": 0.08, "checkpoint.every": 5,
+                                                         "checkpoint.keep": 3})
+    first, latest = sorted(root.glob("step-*"))[-2:]
+    data = (latest / victim).read_bytes()
+    (latest / victim).write_bytes(data[: len(data) // 2])  # truncated, as by a full disk or a killed copy
+    out = run_cli("run", path, "train.kimg=0.16")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f"skipping checkpoint {latest.name}" in out.stdout and f"resuming from {first}" in out.stdout
+    # the same as resuming from that checkpoint in a clean copy: an uninterrupted run from step 5
+    ref = tiny_recipe(tmp_path, data_cache, **{"train.kimg": 0.16, "checkpoint.every": 5, "checkpoint.keep": 3,
+                                               "name": "ref"})
+    assert (a := run_cli("run", write_recipe(tmp_path / "ref.yaml", ref))).returncode == 0, a.stderr[-2000:]
+    ta = ckpt_tensors(sorted((tmp_path / "runs/ref/checkpoints").glob("step-*"))[-1])
+    tb = ckpt_tensors(sorted(root.glob("step-*"))[-1])
+    assert ta.keys() == tb.keys() and all((ta[k] == tb[k]).all() for k in ta)
