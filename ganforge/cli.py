@@ -3,13 +3,50 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 
-import click
+# "Preempted, requeue me": sysexits.h EX_TEMPFAIL. Returned when a run stopped because of SIGTERM/SIGUSR1 (after
+# a checkpoint), never for train.max_steps (0). See docs/cluster.md.
+EXIT_PREEMPTED = 75
+PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # the same pair as engine/loop.py (not imported: torch)
 
-from .cli_data import data
-from .cli_lab import lab
-from .errors import GanforgeError
+
+class _StartupCatcher:
+    """Remembers the first preemption signal until Trainer.fit takes over (it reads ``signum``). Without it, a
+    signal during imports, building or resuming would kill the process (the default action of both) with
+    nothing saved, and under torchrun one rank dying takes the others down with it: a failure, not a
+    preemption. Repeats are ignored: SLURM and torchrun may both deliver the same signal."""
+
+    signum = None
+
+    def __call__(self, signum, frame):
+        if self.signum is None:
+            self.signum = signum
+
+
+def _catch_preemption() -> dict:
+    """Install the catcher; returns the handlers it replaced ({} when already installed, or off the main
+    thread, where signal.signal raises)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    if isinstance(signal.getsignal(signal.SIGTERM), _StartupCatcher):
+        return {}
+    catcher = _StartupCatcher()
+    return {s: signal.signal(s, catcher) for s in PREEMPT_SIGNALS}
+
+
+# From the first line, before click and long before torch: only for `ganforge run` (other commands keep the
+# default action, so `kill` still stops `ganforge data pack`).
+if sys.argv[1:2] == ["run"]:
+    _catch_preemption()
+
+import click  # noqa: E402
+
+from .cli_data import data  # noqa: E402
+from .cli_lab import lab  # noqa: E402
+from .errors import GanforgeError  # noqa: E402
 
 
 def _is_rank0() -> bool:
@@ -27,10 +64,21 @@ def cli():
 @click.option("--dry-run", is_flag=True, help="Print the resolved recipe and exit.")
 @click.option("--fresh", is_flag=True, help="Start over: move an existing run directory aside instead of resuming.")
 def run(recipe, overrides, dry_run, fresh):
-    """Train from RECIPE (a YAML file) with optional dotted OVERRIDES such as train.batch_size=64."""
-    from .run import run as run_recipe
+    """Train from RECIPE (a YAML file) with optional dotted OVERRIDES such as train.batch_size=64.
 
-    run_recipe(recipe, list(overrides), dry_run=dry_run, fresh=fresh)
+    Exit status 75 when SIGTERM or SIGUSR1 stopped the run (a checkpoint was written; run it again to resume)."""
+    # Done at import under `ganforge run ...`; here for main(argv) called from Python, whose own handlers come
+    # back afterwards (a caller such as pytest must not be left ignoring SIGTERM).
+    replaced = _catch_preemption()
+    try:
+        from .run import run as run_recipe
+
+        trainer = run_recipe(recipe, list(overrides), dry_run=dry_run, fresh=fresh)
+    finally:
+        for s, h in replaced.items():
+            signal.signal(s, h)
+    if trainer is not None and trainer.reason == "preempted":
+        sys.exit(EXIT_PREEMPTED)
 
 
 @cli.command()

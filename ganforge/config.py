@@ -48,6 +48,13 @@ class TrainConfig:
     threads: int | None = None  # torch intra-op threads per process
     channels_last: bool = False  # NHWC memory format for G, D and real batches (faster convs on tensor cores)
     compile: bool = False  # torch.compile the main G/D forwards; lazy penalties stay eager (no double backward)
+    # A phase whose gradients are not finite skips its optimizer step (counted, logged as nonfinite_skipped).
+    # After `nonfinite_patience` such steps in a row: "stop" (one line naming the last good checkpoint) or
+    # "rollback" (reload the last good checkpoint, lrs x rollback_lr_factor; at most max_rollbacks times).
+    nonfinite_patience: int = 3
+    nonfinite_policy: Literal["stop", "rollback"] = "stop"
+    rollback_lr_factor: float = 0.5
+    max_rollbacks: int = 3
 
 
 @dataclass
@@ -319,7 +326,8 @@ def validate(raw: dict) -> Recipe:
 
 def _check_ranges(r: Recipe):
     positive = {"train.batch_size": r.train.batch_size, "train.grad_accum": r.train.grad_accum,
-                "sample.n": r.sample.n, "checkpoint.keep": r.checkpoint.keep}
+                "sample.n": r.sample.n, "checkpoint.keep": r.checkpoint.keep,
+                "train.nonfinite_patience": r.train.nonfinite_patience}
     for path, v in positive.items():
         if v <= 0:
             raise ConfigError(f"{path}: must be > 0, got {v}")
@@ -329,6 +337,10 @@ def _check_ranges(r: Recipe):
             raise ConfigError(f"{name}.every: must be > 0 (or 0 with {name}.every_kimg set), got {block.every}")
         if block.every_kimg is not None and block.every_kimg <= 0:
             raise ConfigError(f"{name}.every_kimg: must be > 0, got {block.every_kimg}")
+    if not 0 < r.train.rollback_lr_factor <= 1:
+        raise ConfigError(f"train.rollback_lr_factor: must be in (0, 1], got {r.train.rollback_lr_factor}")
+    if r.train.max_rollbacks < 0:
+        raise ConfigError(f"train.max_rollbacks: must be >= 0, got {r.train.max_rollbacks}")
     if r.seed < 0 or r.seed >= 2**32:
         raise ConfigError(f"seed: must be in [0, 2**32), got {r.seed}")
     if r.train.kimg <= 0:

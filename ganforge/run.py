@@ -6,6 +6,7 @@ directory is created, so a bad command never leaves a half-made run behind.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ import yaml
 from . import config
 from .build import build
 from .engine import checkpoint
+from .engine.statefile import describe
 from .errors import DataError, GanforgeError
 
 
@@ -37,6 +39,67 @@ def _prepare_data(accelerator, source) -> None:
         source.prepare()
     if source.batches(batch_size=1, seed=0, rank=0, world_size=1, start_batch=0) is None and not source.urls():
         raise DataError("data.source: the dataset produced no shard URLs")  # checked before the run dir exists
+
+
+def preempt_marker(run_dir: Path) -> Path:
+    """Where rank 0 writes the preemption marker: $GANFORGE_PREEMPT_MARKER, else <run dir>/PREEMPTED. Launchers
+    (torchrun, accelerate launch) exit 1 whatever their workers returned, so a requeue script reads this file."""
+    return Path(os.environ.get("GANFORGE_PREEMPT_MARKER") or run_dir / "PREEMPTED")
+
+
+def _mark_preempted(accelerator, run_dir: Path, step: int) -> None:
+    if accelerator.is_main_process:
+        marker = preempt_marker(run_dir)
+        tmp = marker.with_name(f".{marker.name}.tmp")
+        try:
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps({"step": step, "run_dir": str(run_dir)}) + "\n")
+            tmp.replace(marker)  # atomic: a requeue script never reads half a marker
+        except OSError as e:
+            raise GanforgeError(f"cannot write the preemption marker {marker}: {e.strerror}; the checkpoint of "
+                                f"step {step} is complete") from None
+    # No rank exits before the marker exists: the first exit makes torchrun (and srun --kill-on-bad-exit) kill
+    # the rest, rank 0 included, and a preemption without its marker would read as a failure.
+    accelerator.wait_for_everyone()
+
+
+_LOCK = None  # the open lock file: held (flock) for the life of the process
+
+
+def _lock(run_dir: Path) -> None:
+    """One training process tree per run directory. An earlier launch whose workers outlived their launcher
+    (kill -9 of torchrun leaves them running in their own sessions) would otherwise keep writing checkpoints and
+    log lines into the directory the new launch resumes from."""
+    import fcntl
+
+    global _LOCK
+    (run_dir / ".lock").touch()
+    # Read-only and kept open on purpose: the lock lives as long as the process, and an fd open for writing would
+    # keep the filesystem from being remounted read-only (EBUSY) while the run lives.
+    f = open(run_dir / ".lock")  # noqa: SIM115
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        raise GanforgeError(f"{run_dir}: another ganforge process is training in this run directory (its lock "
+                            f"{run_dir / '.lock'} is held); stop it first, or set name=... for a new run") from None
+    _LOCK = f
+
+
+def _on_main(accelerator, fn, where: Path) -> None:
+    """Run ``fn`` on the main process; a user-facing failure there (a read-only or full disk, a held lock) stops
+    every rank with the same one line. A bare barrier would leave the other ranks waiting for rank 0 forever."""
+    error = None
+    if accelerator.is_main_process:
+        try:
+            fn()
+        except GanforgeError as e:
+            error = e
+        except OSError as e:
+            error = GanforgeError(f"cannot write {e.filename or where}: {describe(e)}")
+    failed = accelerator.reduce(torch.tensor(float(error is not None), device=accelerator.device), reduction="sum")
+    if failed.item() > 0:
+        raise error or GanforgeError(f"{where}: the main process could not set up the run directory")
 
 
 def run(recipe_path: str, overrides: list[str], dry_run: bool = False, fresh: bool = False, recipe=None):
@@ -76,20 +139,26 @@ def run(recipe_path: str, overrides: list[str], dry_run: bool = False, fresh: bo
 
     from .engine.loop import Trainer
 
-    if accelerator.is_main_process:
+    def existing_run():
         if fresh and run_dir.exists():
             aside = run_dir.with_name(f"{run_dir.name}.prev-{time.strftime('%Y%m%d-%H%M%S')}")
             run_dir.rename(aside)  # never delete a user's run: move it aside
             print(f"--fresh: moved the previous run to {aside}")
         elif checkpoint.checkpoint_dirs(run_dir / "checkpoints"):
             _resume_guard(run_dir, recipe)
-    accelerator.wait_for_everyone()  # no rank reads run_dir while rank 0 moves it
+
+    _on_main(accelerator, existing_run, run_dir)  # also the barrier: no rank reads run_dir while rank 0 moves it
     found = checkpoint.load(run_dir / "checkpoints", accelerator.process_index)
     trainer = Trainer(components, accelerator, run_dir)
-    if accelerator.is_main_process:
+    def setup_run_dir():
         run_dir.mkdir(parents=True, exist_ok=True)
+        _lock(run_dir)
         (run_dir / "recipe.yaml").write_text(config.dump(recipe))
-    accelerator.wait_for_everyone()
+        # a marker left by an earlier, preempted attempt must not make this one read as preempted if it fails
+        if preempt_marker(run_dir).exists():  # (unlink(missing_ok) still fails with EROFS on a read-only disk)
+            preempt_marker(run_dir).unlink()
+
+    _on_main(accelerator, setup_run_dir, run_dir)
     if recipe.log.wandb:
         accelerator.init_trackers(recipe.log.project, config=recipe.to_dict(),
                                   init_kwargs={"wandb": {"dir": str(run_dir), "name": recipe.name}})
@@ -101,6 +170,8 @@ def run(recipe_path: str, overrides: list[str], dry_run: bool = False, fresh: bo
     try:
         reason = trainer.fit()
         trainer.reason = reason
+        if reason == "preempted":  # before end_training: the marker's barrier needs the process group
+            _mark_preempted(accelerator, run_dir, trainer.step)
     finally:
         accelerator.end_training()
     if accelerator.is_main_process:

@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -70,3 +71,17 @@ def ckpt_tensors(ckpt: Path) -> dict:
 def module_state(ckpt: Path, name: str) -> dict:
     """One module's state_dict (G, D or G_ema) from a checkpoint."""
     return ckpt_state(ckpt)["task"]["modules"][name]
+
+
+def logged_step(log: Path) -> int:
+    """The last step in log.jsonl (0 before the first row); a row being written may be cut short."""
+    try:
+        lines = log.read_text().splitlines()
+    except FileNotFoundError:
+        return 0
+    for line in reversed(lines):
+        try:
+            return json.loads(line)["step"]
+        except ValueError:
+            continue
+    return 0

@@ -113,3 +113,65 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, data
     ta = ckpt_tensors(sorted((tmp_path / "runs/ref/checkpoints").glob("step-*"))[-1])
     tb = ckpt_tensors(sorted(root.glob("step-*"))[-1])
     assert ta.keys() == tb.keys() and all((ta[k] == tb[k]).all() for k in ta)
+
+
+def test_plugins_and_applications_add_hooks(tmp_path, data_cache, monkeypatch):
+    """A plugin declares a hook (here a balancer counting every 5 steps); it runs at its interval next to the
+    built-in log/sample/checkpoint hooks."""
+    from ganforge import registry
+    from ganforge import run as run_mod
+    from ganforge.engine.hooks import Hook
+    from plugins.balancers.alternate import Alternate
+
+    calls = []
+
+    class Hooked(Alternate):
+        def hooks(self):
+            return [Hook("count", lambda: calls.append(len(calls)), every_steps=5)]
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    # registered for this test only (monkeypatch undoes it): the registry tests check every entry's origin
+    registry.load_plugins()
+    monkeypatch.setitem(registry._REGISTRY["balancer"], "test_hooked",
+                        registry.Entry("balancer", "test_hooked", Hooked, "tests.test_engine:Hooked"))
+    r = write_recipe(tmp_path / "r.yaml", tiny_recipe(tmp_path, data_cache, balancer={"type": "test_hooked"}))
+    t = run_mod.run(str(r), [])
+    assert t.reason == "done" and t.step == 20 and calls == [0, 1, 2, 3]
+    assert [h.name for h in t.hooks] == ["log", "sample", "checkpoint", "count"]
+
+
+def test_a_second_launch_into_a_live_run_dir_is_refused(tmp_path, data_cache):
+    """Workers that outlive a killed launcher (or a user starting the same command twice) must not make two
+    process trees write one run directory."""
+    import subprocess
+    import sys
+    import time
+
+    path = write_recipe(tmp_path / "r.yaml", tiny_recipe(tmp_path, data_cache, **{"train.kimg": 1000}))
+    first = subprocess.Popen([sys.executable, "-m", "ganforge", "run", str(path)], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        log, deadline = tmp_path / "runs/tiny/log.jsonl", time.time() + 120
+        while not log.exists():
+            assert time.time() < deadline and first.poll() is None, "first run did not start"
+            time.sleep(0.2)
+        out = run_cli("run", path)
+        assert out.returncode == 2 and "another ganforge process is training in this run directory" in out.stderr
+        assert first.poll() is None  # the first run is untouched
+    finally:
+        first.kill()
+        first.communicate()
+
+
+def test_a_changed_learning_rate_on_resume_is_applied_and_said(tmp_path, data_cache):
+    path = write_recipe(tmp_path / "r.yaml", tiny_recipe(tmp_path, data_cache, **{"train.max_steps": 10}))
+    assert (a := run_cli("run", path)).returncode == 0, a.stderr[-2000:]
+    b = run_cli("run", path, "train.max_steps=20", "train.g_opt.lr=1e-4", "train.d_opt.betas=[0.0,0.99]")
+    assert b.returncode == 0, b.stderr[-2000:]
+    assert "train.g_opt: changed since the checkpoint (lr 0.0002 -> 0.0001)" in b.stdout
+    assert "train.d_opt: changed since the checkpoint (betas [0.5, 0.999] -> [0.0, 0.99])" in b.stdout
+    rows = _rows(tmp_path / "runs/tiny")
+    assert rows[4]["lr_G"] == pytest.approx(2e-4) and rows[-1]["lr_G"] == pytest.approx(1e-4)
+    assert rows[-1]["lr_D"] == pytest.approx(2e-4)
+    c = run_cli("run", path, "train.max_steps=20", "train.g_opt.lr=1e-4", "train.d_opt.betas=[0.0,0.99]")
+    assert c.returncode == 0 and "changed since the checkpoint" not in c.stdout  # now they match

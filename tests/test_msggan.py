@@ -92,5 +92,6 @@ def test_default_widths():
     arch = MSGGAN()
     G, D = arch.build_generator(), arch.build_discriminator()
     assert len(G.to_rgb) == 4 and G.to_rgb[-1].weight.shape == (3, 64, 1, 1)
-    assert D.blocks[1].conv0.weight.shape == (128, 128 + 3, 3, 3)  # features + the 16x16 image
-    assert D.final.conv.weight.shape == (128, 128 + 3 + 1, 3, 3)  # + the 4x4 image + minibatch stddev
+    assert D.blocks[1].conv0.weight.shape == (128, 128 + 64, 3, 3)  # features + fromRGB(16x16 image), lin_cat
+    assert D.scale_rgb[0].weight.shape == (64, 3, 1, 1)
+    assert D.final.conv.weight.shape == (128, 128 + 64 + 1, 3, 3)  # + fromRGB(4x4 image) + minibatch stddev

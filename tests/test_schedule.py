@@ -83,7 +83,7 @@ def test_stop_mid_fade_and_resume_is_bit_identical(tmp_path, data_cache):
 def test_two_processes_cross_a_stage_boundary_together(tmp_path, data_cache):
     r = progan_recipe(tmp_path, data_cache)
     r["data"]["workers"] = 1
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "ganforge", "run", str(write_recipe(tmp_path / "r.yaml", r))]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stderr[-4000:]

@@ -6,7 +6,8 @@ the ranks: modules, optimizers, schedulers, plugin state, counters; written by r
 (sizes and SHA-256 of every file, written last). Nothing is pickled: safetensors and JSON only (statefile.py).
 A checkpoint is written into ``.tmp-step-...`` and renamed only once every rank has finished and the manifest is
 on disk, so a crash never leaves a half-written directory under a valid name. Resume takes the newest checkpoint
-that verifies and says which newer ones it skipped and why.
+that verifies and says which newer ones it skipped and why. ``keep`` counts the checkpoints up to the one just
+written; newer ones (skipped as corrupt on resume) are left until the run replaces them (``_prune``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from . import statefile
 from .statefile import CheckpointError
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
+_LEFTOVER = re.compile(r"^\.(tmp|trash)-step-\d+$")  # a crash mid-write or mid-delete; never read, only removed
 FORMAT_VERSION = 2  # 1 was Accelerate's save_state (pickles); refused on resume with a line saying so
 
 
@@ -69,9 +71,11 @@ def _all_ok(accelerator, ok: bool) -> bool:
     return accelerator.reduce(flag, reduction="sum").item() == 0
 
 
-def save(accelerator, root: Path, step: int, keep: int, shared: dict, per_rank: dict, modules=()) -> Path:
-    """Every rank must call this (ranks write their own RNG state); returns the published directory."""
-    bad = statefile.first_non_finite(shared)  # same tree on every rank, so every rank takes the same branch
+def save(accelerator, root: Path, step: int, keep: int, shared: dict, per_rank: dict, modules=(),
+         guard: dict | None = None) -> Path:
+    """Every rank must call this (ranks write their own RNG state); returns the published directory.
+    ``guard``: the part of ``shared`` that must be finite (weights, EMA, optimizer state); default all of it."""
+    bad = statefile.first_non_finite(shared if guard is None else guard)  # same on every rank: same branch
     if bad is not None:
         raise GanforgeError(f"training diverged at step {step}: {bad} is not finite; checkpoint not written, "
                             f"last good one: {latest(root)}")
@@ -81,8 +85,9 @@ def save(accelerator, root: Path, step: int, keep: int, shared: dict, per_rank: 
     if accelerator.is_main_process:
         try:
             root.mkdir(parents=True, exist_ok=True)
+            _remove_leftovers(root)  # a killed run's half-written checkpoints would hold space a full disk lacks
             if tmp.exists():
-                shutil.rmtree(tmp)  # left by a crash mid-write
+                shutil.rmtree(tmp)
             tmp.mkdir()
         except OSError as e:
             error = CheckpointError(f"cannot write checkpoint {tmp}: {statefile.describe(e)}")
@@ -100,8 +105,14 @@ def save(accelerator, root: Path, step: int, keep: int, shared: dict, per_rank: 
     if accelerator.is_main_process:
         try:
             statefile.write_manifest(tmp, {"step": step, "world_size": len(prints), "fingerprints": prints})
-            if final.exists():  # same step saved before (stop at max_steps, then resume): replace atomically
+            if final.exists() and _same_content(final, tmp):
+                # A finished run re-run saves its last step again, byte for byte: keep the published copy and
+                # skip the swap below, whose window between two renames would leave no step-N at all.
+                shutil.rmtree(tmp)
+            elif final.exists():  # a checkpoint of this step that failed to verify on resume: replace it
                 old = root / f".old-step-{step:08d}"
+                if old.exists():
+                    shutil.rmtree(old)
                 final.rename(old)
                 tmp.rename(final)
                 shutil.rmtree(old)
@@ -114,10 +125,48 @@ def save(accelerator, root: Path, step: int, keep: int, shared: dict, per_rank: 
         _cleanup(accelerator, tmp)
         _raise(error, tmp)
     if accelerator.is_main_process:
-        for stale in checkpoint_dirs(root)[:-keep]:
-            if stale != final:  # never delete the one just verified-written (it may sort before a stale newer one)
-                shutil.rmtree(stale, ignore_errors=True)
+        _prune(root, final, keep)
     return final
+
+
+def _step(d: Path) -> int:
+    return int(_STEP_DIR.match(d.name).group(1))
+
+
+def _prune(root: Path, final: Path, keep: int) -> None:
+    """Keep the ``keep`` newest checkpoints up to the one just written. Newer ones can only be checkpoints that
+    failed to verify when this run resumed (it resumes from the newest that verifies): they neither count toward
+    ``keep`` (else corrupt leftovers would push out good ones) nor are deleted here; the run replaces each one
+    as it passes its step. A stale one is renamed before it is removed, so a crash mid-delete never leaves a
+    half-deleted directory under a checkpoint's name."""
+    upto = [d for d in checkpoint_dirs(root) if _step(d) <= _step(final)]
+    for stale in upto[:-keep]:
+        if stale == final:  # cannot happen (final is the newest of upto), but it must never be the one deleted
+            continue
+        trash = root / f".trash-{stale.name}"
+        try:
+            stale.rename(trash)
+        except OSError:
+            continue  # e.g. the mount went read-only: leave it, the next save tries again
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+def _remove_leftovers(root: Path) -> None:
+    """Temp and trash dirs of a crashed save or prune, and a replaced copy once its successor is published (an
+    ``.old-step-N`` without ``step-N`` is kept: it may be the only copy left by a crash between two renames)."""
+    for p in root.iterdir():
+        if not p.is_dir() or p.is_symlink():
+            continue
+        if _LEFTOVER.match(p.name) or (p.name.startswith(".old-step-") and (root / p.name[5:]).is_dir()):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _same_content(a: Path, b: Path) -> bool:
+    try:
+        ma, mb = statefile.read_manifest(a), statefile.read_manifest(b)
+    except CheckpointError:
+        return False
+    return ma == mb and statefile.verify(a) is None
 
 
 def _cleanup(accelerator, tmp: Path) -> None:

@@ -3,7 +3,6 @@ trained and how progress is counted; the schedule says the stage; hooks say what
 
 from __future__ import annotations
 
-import math
 import signal
 import time
 from pathlib import Path
@@ -20,22 +19,30 @@ from .phases import run_phase
 from .runlog import RunLog
 from .samples import save_grid
 
+# Preemption signals (the same pair as cli.py's start-up catcher). SIGUSR1 is what launch/slurm.sbatch asks
+# SLURM for: SLURM delivers it to every process of the step, and unlike SIGTERM it does not kill DataLoader
+# workers (torch gives them a SIGTERM handler that exits), nor does it make srun kill the step if srun gets it.
+PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
 
 class LoopState:
     """Counters that make a resumed run continue exactly; images as an int (summed float kimg drifts)."""
 
     def __init__(self):
         self.step, self.images, self.last_stats = 0, 0, {}
+        self.nonfinite_streak = self.nonfinite_skipped = self.rollbacks = 0
 
     @property
     def kimg(self) -> float:
         return self.images / 1000
 
     def state_dict(self):
-        return {"step": self.step, "images": self.images, "last_stats": dict(self.last_stats)}
+        return {"step": self.step, "images": self.images, "last_stats": dict(self.last_stats),
+                "nonfinite_skipped": self.nonfinite_skipped, "rollbacks": self.rollbacks}
 
     def load_state_dict(self, s):
         self.step, self.images, self.last_stats = s["step"], s["images"], dict(s["last_stats"])
+        self.nonfinite_skipped, self.rollbacks = s.get("nonfinite_skipped", 0), s.get("rollbacks", 0)
 
 
 class Trainer:
@@ -55,8 +62,13 @@ class Trainer:
         self.hooks = [Hook("log", self._log, r.log.every or None, r.log.every_kimg),
                       Hook("sample", self.sample, r.sample.every or None, r.sample.every_kimg),
                       Hook("checkpoint", self._checkpoint_hook, r.checkpoint.every or None, r.checkpoint.every_kimg)]
+        self.hooks += self.task.hooks()  # hooks the plugins declare (Hook records, same intervals)
         self.watchdog = Watchdog()
         self._saved_step = self._sampled_step = None
+
+    def add_hook(self, hook: Hook) -> None:
+        """Applications add their own periodic work (evaluation, export); it runs after the built-in hooks."""
+        self.hooks.append(hook)
 
     @property
     def step(self) -> int:
@@ -72,8 +84,13 @@ class Trainer:
         if stage.index != self.feed.stage:
             self._enter_stage(stage)
         self.task.set_stage(stage)
+        all_ok = True
         for phase in self.task.plan(self.step, self.state.last_stats):
-            self.stats.update(run_phase(self.accelerator, phase, diagnose=self.diagnose_now()))
+            stats, ok = run_phase(self.accelerator, phase, diagnose=self.diagnose_now())
+            self.stats.update(stats)
+            all_ok &= ok
+        self.state.nonfinite_streak = 0 if all_ok else self.state.nonfinite_streak + 1
+        self.state.nonfinite_skipped += not all_ok
         self.state.step += 1
         self.state.images += self.task.images_this_step()
         self.task.end_step(self.state.kimg, self.schedule.at(self.state.kimg))
@@ -82,22 +99,46 @@ class Trainer:
             self.task.observe(self.step, self.state.last_stats)
 
     def fit(self) -> str:
+        """Train to ``train.kimg``: "done"; "stopped" at ``train.max_steps`` or a hook's request; "preempted" when
+        SIGTERM or SIGUSR1 arrived (every rank stops at the same step, after a checkpoint)."""
         r = self.recipe
         self.log = RunLog(self.accelerator, self.run_dir, r.train.kimg, self.state.kimg, r.log.wandb, r.log.progress,
                           resume_step=self.step)
-        old = signal.signal(signal.SIGTERM, self._on_signal)  # preemption: finish the step, checkpoint, exit
+        self._signal = None  # before the handlers: one may run as soon as it is installed
+        old = {s: signal.signal(s, self._on_signal) for s in PREEMPT_SIGNALS}
+        # A signal during start-up (imports, build, resume) was caught by the CLI's first-line catcher (cli.py),
+        # which exposes it as .signum: honour it here, or a preemption that came early would be lost.
+        early = next((h.signum for h in old.values() if getattr(h, "signum", None)), None)
+        self._signal = self._signal or early
         try:
             if r.train.max_steps is not None and self.step >= r.train.max_steps:
                 return "stopped"
             while self.state.kimg < r.train.kimg:
                 before = self.state.kimg
                 self.train_step()
+                if self.state.nonfinite_streak >= r.train.nonfinite_patience:
+                    self._nonfinite_policy()
+                    continue
                 self.log.progress(self.state.kimg, step=self.step)
                 stop = run_due(self.hooks, self.step, before, self.state.kimg)
-                # checked every step: all ranks agree through one cheap all-reduce inside check_trigger
-                if stop or self.accelerator.check_trigger() or (r.train.max_steps and self.step >= r.train.max_steps):
+                if self._signal is not None:
+                    # set here, not in the handler: the handler runs between two bytecodes of any code (maybe
+                    # mid-collective), and only this rank may have been signalled
+                    self.accelerator.set_trigger()
+                # Every rank, every step: check_trigger all-reduces the flag, so a signal that reached one rank
+                # stops all of them at this same step (a rank that stopped alone would hang the others' next
+                # collective).
+                preempted = self.accelerator.check_trigger()
+                at_max = bool(r.train.max_steps and self.step >= r.train.max_steps)
+                if self.state.kimg >= r.train.kimg:
+                    break  # the run is complete even if a signal came in its last step: "done", nothing to requeue
+                if stop or preempted or at_max:
                     if self._saved_step != self.step:
                         self.save_checkpoint()
+                    if preempted and not at_max:
+                        got = signal.Signals(self._signal).name if self._signal else "a signal on another rank"
+                        self.log.write(f"preempted ({got}): checkpoint at step {self.step}")
+                        return "preempted"
                     return "stopped"
             if self._saved_step != self.step:  # the final state is always saved and sampled
                 self.save_checkpoint()
@@ -105,21 +146,53 @@ class Trainer:
                 self.sample()
             return "done"
         finally:
-            signal.signal(signal.SIGTERM, old)
+            for s, h in old.items():
+                signal.signal(s, h)
             self.log.close()
+
+    def _nonfinite_policy(self) -> None:
+        """K steps in a row with non-finite gradients: stop naming the last good checkpoint, or roll back to it
+        with lower learning rates. Every rank reaches this at the same step (the flag follows all-reduced grads)."""
+        r, found = self.recipe.train, None
+        last = checkpoint.latest(self.ckpt_root)
+        msg = (f"training diverged at step {self.step}: {self.state.nonfinite_streak} consecutive updates with "
+               f"non-finite gradients (skipped)")
+        if r.nonfinite_policy == "rollback" and self.state.rollbacks < r.max_rollbacks:
+            found = checkpoint.load(self.ckpt_root, self.accelerator.process_index)
+        if found is None:
+            extra = f" after {self.state.rollbacks} rollback(s)" if r.nonfinite_policy == "rollback" else ""
+            raise GanforgeError(f"{msg}{extra}; last good checkpoint: {last}")
+        rollbacks = self.state.rollbacks + 1
+        self.resume(found)
+        # the checkpoint's lrs already include the factors of the rollbacks before it was written
+        factor = r.rollback_lr_factor ** (rollbacks - self.state.rollbacks)
+        self.state.rollbacks = rollbacks
+        for sched in self.task.schedulers.values():
+            sched.base_lrs = [lr * factor for lr in sched.base_lrs]
+            for group, lr in zip(sched.optimizer.param_groups, sched.get_last_lr()):
+                group["lr"] = lr * factor
+        self.log.write(f"warning: {msg}; rolled back to {found[0].name} (rollback {rollbacks} of "
+                       f"{r.max_rollbacks}), learning rates x{factor:g}")
+        self.log.truncate_after(self.step)  # the diverged steps are not part of the run's history
+        self.start_stream()
 
     def diagnose_now(self) -> bool:
         """Costlier diagnostics (gradient norms, diversity) only on the iteration that will be logged."""
         return bool(self.recipe.log.every) and (self.step + 1) % self.recipe.log.every == 0
 
     def _on_signal(self, signum, frame):
-        self.accelerator.set_trigger()
+        # Only remember it: a second delivery (SLURM signals every process of a step, and torchrun forwards the
+        # same signal again) must not change anything, and nothing here may block or print mid-write.
+        if self._signal is None:
+            self._signal = signum
 
     # ---- data and stages --------------------------------------------------------------------------------------
     def start_stream(self) -> None:
         self._enter_stage(self.schedule.at(self.state.kimg), quiet=True)
 
     def _enter_stage(self, stage, quiet: bool = False) -> None:
+        if not quiet and self._sampled_step != self.step:
+            self.sample()  # the last grid of the finishing stage: a run shows one grid per stage
         t0 = time.perf_counter()
         self.feed.open(stage.index, stage.resolution, stage.batch_size)
         self.task.set_stage(stage)
@@ -145,16 +218,19 @@ class Trainer:
             self.log.write(w)
         skipped = acc.reduce(torch.tensor(self.feed.skipped, device=acc.device), reduction="sum")  # all ranks
         self.log.log(self.step, {**stats, "kimg": self.state.kimg, "img_per_s": self.log.rate(self.state.kimg),
-                                 "data_skipped": int(skipped), **({"warnings": warnings} if warnings else {})})
-        bad = {k: v for k, v in stats.items() if isinstance(v, float) and not math.isfinite(v)}
-        if bad:
-            raise GanforgeError(f"training diverged at step {self.step}: non-finite statistics {bad}; "
-                                           f"last good checkpoint: {checkpoint.latest(self.ckpt_root)}")
+                                 "data_skipped": int(skipped), "nonfinite_skipped": self.state.nonfinite_skipped,
+                                 **({"warnings": warnings} if warnings else {})})
+        # Non-finite statistics are logged as they are: the gradient guard (run_phase) already skipped any update
+        # they would have poisoned, and the policy acts on consecutive skips (_nonfinite_policy).
 
     def sample(self) -> None:
         self._sampled_step = self.step
         if self.accelerator.is_main_process:
-            imgs = self.task.render()
+            # forked RNG: a grid drawn by one run and not by another (a resumed run skips the grid at the stage
+            # change it resumed after) must not shift the random stream training draws from
+            devices = [self.accelerator.device] if self.accelerator.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=devices):
+                imgs = self.task.render()
             grid = save_grid(imgs, self.run_dir / "samples" / f"step-{self.step:08d}.png")
             self.log.image(self.step, "samples", grid)
 
@@ -169,7 +245,7 @@ class Trainer:
             shared["scaler"] = acc.scaler.state_dict()
         per_rank = {"rng": statefile.capture_rng(), "skipped": self.feed.skipped}
         path = checkpoint.save(acc, self.ckpt_root, self.step, self.recipe.checkpoint.keep, shared, per_rank,
-                               self.task.networks())
+                               self.task.networks(), guard={"task": shared["task"]})
         self._saved_step = self.step
         return path
 
@@ -187,4 +263,4 @@ class Trainer:
         else:
             statefile.restore_rng(per_rank["rng"])
             self.feed.skipped = per_rank["skipped"]
-        self.start_step = self.step
+        self.start_step = self._saved_step = self.step  # that step is on disk: a finished run does not re-save it

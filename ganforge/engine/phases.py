@@ -57,8 +57,17 @@ def _average_grads(accelerator, params: list[nn.Parameter]) -> None:
         offset += g.numel()
 
 
-def run_phase(accelerator, phase: Phase, diagnose: bool = False) -> dict:
-    """requires_grad, no_sync, autocast, micro-batch accumulation, backward, optimizer step — for any phase."""
+def _grads_finite(params) -> bool:
+    # After the all-reduce every rank holds the same gradients (a nan anywhere reaches every rank), so every rank
+    # takes the same decision without another collective. One host sync per phase: the price of never stepping
+    # Adam into a non-finite state.
+    grads = [p.grad for p in params if p.grad is not None]
+    return not grads or bool(torch.isfinite(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])).all())
+
+
+def run_phase(accelerator, phase: Phase, diagnose: bool = False) -> tuple[dict, bool]:
+    """requires_grad, no_sync, autocast, micro-batch accumulation, backward, optimizer step — for any phase.
+    Returns the statistics and whether the step was taken (False: non-finite gradients, update skipped)."""
     for m in phase.frozen:
         m.requires_grad_(False)  # no grads for frozen weights: less memory, nothing for their reducer to expect
     for m in phase.trains:
@@ -82,9 +91,11 @@ def run_phase(accelerator, phase: Phase, diagnose: bool = False) -> dict:
             _average_grads(accelerator, [p for m in phase.trains for p in m.parameters()])
         if diagnose and phase.diagnose is not None:
             out.update(phase.diagnose())
-        phase.optimizer.step()
+        ok = _grads_finite(p for m in phase.trains for p in m.parameters())
+        if ok:
+            phase.optimizer.step()
         phase.optimizer.zero_grad(set_to_none=True)  # None, not 0: layers outside a growth stage keep no Adam state
     finally:
         for m in phase.frozen:
             m.requires_grad_(True)
-    return out
+    return out, ok

@@ -9,6 +9,17 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..errors import GanforgeError
+from .statefile import describe
+
+
+class RunLogError(GanforgeError):
+    """log.jsonl cannot be read or written (full disk, read-only mount): one line naming the file."""
+
+
+def _fail(path: Path, what: str, e: OSError) -> RunLogError:
+    return RunLogError(f"cannot {what} {path}: {describe(e)}")
+
 
 class RunLog:
     def __init__(self, accelerator, run_dir: Path, total_kimg: float, start_kimg: float, use_tracker: bool,
@@ -17,7 +28,7 @@ class RunLog:
         self.main = accelerator.is_main_process
         self.path = run_dir / "log.jsonl"
         if self.main:
-            self._truncate_after(resume_step)
+            self.truncate_after(resume_step)
         self.use_tracker = use_tracker
         self.bar = None
         if self.main and progress:
@@ -29,12 +40,17 @@ class RunLog:
         self._kimg0 = start_kimg
         self.last_rate = 0.0
 
-    def _truncate_after(self, step: int) -> None:
+    def truncate_after(self, step: int) -> None:
+        if not self.main:
+            return
         """Rows past the checkpoint we resume from were logged by a run that died before its next checkpoint;
         the resumed run logs those steps again. Drop them so the log reads as one uninterrupted run."""
-        if not self.path.is_file():
-            return
-        lines = self.path.read_text().splitlines()
+        try:
+            if not self.path.is_file():
+                return
+            lines = self.path.read_bytes().decode("utf-8", errors="replace").splitlines()
+        except OSError as e:
+            raise _fail(self.path, "read", e) from None
         keep = []
         for line in lines:
             try:
@@ -44,8 +60,15 @@ class RunLog:
                 pass  # a line cut short by kill -9: always past the checkpoint
         if len(keep) != len(lines):
             tmp = self.path.with_suffix(".jsonl.tmp")
-            tmp.write_text("".join(x + "\n" for x in keep))
-            tmp.replace(self.path)
+            try:
+                tmp.write_text("".join(x + "\n" for x in keep))
+                tmp.replace(self.path)
+            except OSError as e:
+                try:
+                    tmp.unlink(missing_ok=True)  # a full disk must not also keep half a copy of the log
+                except OSError:
+                    pass
+                raise _fail(tmp, "write", e) from None
 
     def progress(self, kimg: float, step: int) -> None:
         if self.bar is not None:
@@ -66,8 +89,11 @@ class RunLog:
             return
         # 7 significant digits: short lines, yet a learning rate of 1.9559e-4 survives (6 decimals would not)
         row = {"step": step, **{k: (float(f"{v:.7g}") if isinstance(v, float) else v) for k, v in values.items()}}
-        with self.path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+        try:
+            with self.path.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+        except OSError as e:  # ENOSPC, EROFS, EIO: one line naming the file, not a traceback
+            raise _fail(self.path, "write", e) from None
         if self.use_tracker:  # trackers get the numbers; warnings (text) stay in log.jsonl and the console
             self.acc.log({k: v for k, v in values.items() if isinstance(v, (int, float))}, step=step)
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
+
+from ..errors import GanforgeError
+from .statefile import describe
 
 
 def to_uint8_grid(images: torch.Tensor, nrow: int | None = None, pad: int = 2) -> np.ndarray:
@@ -28,8 +32,13 @@ def to_uint8_grid(images: torch.Tensor, nrow: int | None = None, pad: int = 2) -
 
 def save_grid(images: torch.Tensor, path: Path) -> np.ndarray:
     arr = to_uint8_grid(images)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.png")
-    Image.fromarray(arr).save(tmp)
-    tmp.replace(path)  # readers (a notebook, rsync) never see half a PNG
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(arr).save(tmp)
+        tmp.replace(path)  # readers (a notebook, rsync) never see half a PNG
+    except OSError as e:  # disk full, read-only run dir: one line naming the file, no half-written PNG left
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise GanforgeError(f"cannot write sample grid {path}: {describe(e)}") from None
     return arr

@@ -100,6 +100,14 @@ class GANTask:
         if self.augment is not None and self.augment.needs_stats:
             self.augment.update(step, stats)
 
+    def hooks(self) -> list:
+        """Hook records (ganforge.engine.hooks.Hook) that plugins declare through an optional ``hooks()``."""
+        out = []
+        for plugin in (self.arch, self.loss, self.balancer, self.augment, *self.regularizers):
+            fn = getattr(plugin, "hooks", None)
+            out += list(fn()) if callable(fn) else []
+        return out
+
     def log_stats(self) -> dict:
         out = {f"lr_{n}": o.param_groups[0]["lr"] for n, o in (("G", self.opt_G), ("D", self.opt_D))}
         out |= {"resolution": self.resolution, "alpha": self.alpha}
@@ -139,6 +147,7 @@ class GANTask:
         self.opt_D.load_state_dict(state["optimizers"]["D"])
         for n, s in self.schedulers.items():
             s.load_state_dict(state["schedulers"][n])
+        self._apply_changed_optimizer_settings()
         plugins = {"balancer": self.balancer, "augment": self.augment,
                    **{f"regularizers[{i}]": r for i, r in enumerate(self.regularizers)}}
         for key, p in plugins.items():
@@ -149,6 +158,29 @@ class GANTask:
                                     "plugins changed since it was written; pass --fresh to start over")
             p.load_state_dict(state["plugins"][key])
         self.counts = dict(state["counts"])
+
+    def _apply_changed_optimizer_settings(self) -> None:
+        """The recipe's lr/betas win over the checkpoint's on resume, with a line saying so: silently keeping the
+        old ones (the optimizer state dict carries them) would ignore what the user just asked for. Schedule and
+        rollback multipliers already applied to the old rate carry over to the new one."""
+        r = self.recipe
+        for net, key, opt in (("G", "g_opt", self.opt_G), ("D", "d_opt", self.opt_D)):
+            cfg, c = getattr(r.train, key), lazy_factor(self.regularizers, net)
+            lr, betas = cfg.lr * c, tuple(b ** c for b in cfg.betas)
+            sched, changed = self.schedulers[net], []
+            for i, g in enumerate(opt.param_groups):
+                old_lr, old_betas = g["initial_lr"], tuple(g["betas"])
+                if abs(old_lr - lr) > 1e-12 * lr:
+                    scale = lr / old_lr
+                    g["initial_lr"], g["lr"], sched.base_lrs[i] = lr, g["lr"] * scale, sched.base_lrs[i] * scale
+                    changed.append(f"lr {old_lr / c:g} -> {cfg.lr:g}")
+                if any(abs(a - b) > 1e-12 for a, b in zip(old_betas, betas)):
+                    g["betas"] = betas
+                    changed.append(f"betas {[round(b ** (1 / c), 6) for b in old_betas]} -> {list(cfg.betas)}")
+            sched._last_lr = [g["lr"] for g in opt.param_groups]  # what get_last_lr() (and the log) report
+            if changed and self.acc.is_main_process:
+                print(f"train.{key}: changed since the checkpoint ({', '.join(dict.fromkeys(changed))}); "
+                      "the new values apply from this step on")
 
     def networks(self) -> list:
         """Modules whose weights must agree across ranks (and be finite) before a checkpoint is published."""

@@ -7,8 +7,10 @@ G block directly from the first step (no fade-in schedule, no idle layers).
   ``forward(z)`` returns a list of images coarse -> fine, ``[B, C, 4, 4], [B, C, 8, 8], ..., [B, C, R, R]``.
   Outputs are linear (no tanh), like ProGAN's and like the paper's MSG-ProGAN.
 - D: fromRGB on the finest image, then ProGAN D blocks; before each lower-resolution block the image of that
-  scale is concatenated to the features channel-wise (the paper's "simple" combine phi_simple, no 1x1 conv on
-  the image). Minibatch stddev in the 4x4 head; logits ``[B]``.
+  scale goes through its own 1x1 fromRGB and is concatenated to the features (the paper's "lin_cat" combine).
+  The plain concat of 3 raw image channels next to 64+ feature channels ("simple") let D ignore the coarse
+  scales on the digits: G's 4² and 8² outputs stayed coloured noise after 30 kimg while 32² was readable.
+  Minibatch stddev in the 4x4 head; logits ``[B]``.
 - Reals: ``prepare_real`` turns one decoded ``[B, C, R, R]`` batch into the matching pyramid by repeated 2x2
   average pooling, so D compares like with like at every scale.
 """
@@ -53,11 +55,13 @@ class MSGDiscriminator(nn.Module):
     def __init__(self, resolution: int, channels: int, ch, mbstd_group: int):
         super().__init__()
         self.from_rgb = from_rgb(channels, ch(resolution))
-        # Fine -> coarse. Every block but the first also takes the C image channels of its scale.
+        # Fine -> coarse. Every block but the first also takes its scale's image, through a 1x1 fromRGB of
+        # half its width (lin_cat), so the coarse images weigh in D's decision as much as its features do.
+        self.scale_rgb = nn.ModuleList(from_rgb(channels, ch(r) // 2) for r in reversed(scales(resolution)[:-1]))
         self.blocks = nn.ModuleList(
-            DBlock(ch(r) + (0 if r == resolution else channels), ch(r), ch(r // 2))
+            DBlock(ch(r) + (0 if r == resolution else ch(r) // 2), ch(r), ch(r // 2))
             for r in reversed(scales(resolution)[1:]))
-        self.final = DFinal(ch(4) + channels, ch(4), mbstd_group)
+        self.final = DFinal(ch(4) + ch(4) // 2, ch(4), mbstd_group)
         self.n_scales = len(scales(resolution))
 
     def forward(self, xs: list[torch.Tensor]) -> torch.Tensor:
@@ -67,14 +71,14 @@ class MSGDiscriminator(nn.Module):
         h = self.from_rgb(xs[-1])
         for i, blk in enumerate(self.blocks):
             if i:  # the cast keeps cat happy when autocast runs the features in lower precision than the images
-                h = torch.cat([h, xs[-1 - i].to(h.dtype)], 1)
+                h = torch.cat([h, self.scale_rgb[i - 1](xs[-1 - i]).to(h.dtype)], 1)
             h = blk(h)
-        return self.final(torch.cat([h, xs[0].to(h.dtype)], 1))
+        return self.final(torch.cat([h, self.scale_rgb[-1](xs[0]).to(h.dtype)], 1))
 
 
 @register("architecture", "msggan")
 class MSGGAN(Architecture):
-    """MSG-GAN: G outputs every scale 4..R (a list, coarse -> fine); D reads all of them (simple concat combine).
+    """MSG-GAN: G outputs every scale 4..R (a list, coarse -> fine); D reads all of them (lin_cat combine).
 
     Pixel norm, equalized lr and minibatch stddev as in ProGAN; no growing. Channels at resolution r:
     min(channel_base // r, channel_max). G's outputs are linear (no tanh).
