@@ -212,3 +212,24 @@ class DatasetSource:
         ``{"image": tensor [B, ...], "skipped": 0}`` directly; it must be a pure function of its arguments and
         continue exactly at ``start_batch`` (resume). Return None (the default) to stream ``urls()``."""
         return None
+
+
+class Extractor:
+    """Images -> features for metrics (FID, KID, precision/recall, IS). Called with images ``[B, C, H, W]`` in
+    [-1, 1] at any resolution and 1 or 3 channels (it resizes and normalises the way its network expects) and
+    returns ``{"features": [B, D]}``, plus ``"logits": [B, K]`` when ``has_logits``. Deterministic, eval mode.
+
+    ``name`` and ``checksum`` (sha256 of the weights, or ``random-init:...``) are written next to every result, so
+    a number always says which network produced it. ``to(device)`` moves the network. An extractor never
+    downloads: missing weights are one error naming what to install or where to put the file.
+    """
+
+    name: str
+    checksum: str
+    has_logits: bool = False
+
+    def to(self, device) -> Extractor:
+        return self
+
+    def __call__(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        raise NotImplementedError

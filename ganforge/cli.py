@@ -44,7 +44,9 @@ if sys.argv[1:2] == ["run"]:
 
 import click  # noqa: E402
 
+from . import cli_artifacts  # noqa: E402
 from .cli_data import data  # noqa: E402
+from .cli_eval import eval_cmd  # noqa: E402
 from .cli_lab import lab  # noqa: E402
 from .errors import GanforgeError  # noqa: E402
 
@@ -97,6 +99,10 @@ def plugins():
 
 cli.add_command(data)  # ganforge data pack / inspect
 cli.add_command(lab)  # ganforge lab: the mode-collapse lab
+cli.add_command(cli_artifacts.sample)  # ganforge sample / export / info: a finished run's outputs
+cli.add_command(cli_artifacts.export)
+cli.add_command(cli_artifacts.info)
+cli.add_command(eval_cmd)  # ganforge eval: FID / KID / PR / IS offline
 
 
 def main(argv=None):

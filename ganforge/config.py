@@ -23,6 +23,8 @@ import yaml
 from . import registry
 from .engine.schedule import ScheduleConfig
 from .errors import ConfigError, PluginError
+from .metrics_config import MetricsConfig
+from .metrics_config import validate as validate_metrics
 
 
 @dataclass
@@ -47,7 +49,9 @@ class TrainConfig:
     deterministic: bool = False  # deterministic algorithms (bit-identical resume on CPU)
     threads: int | None = None  # torch intra-op threads per process
     channels_last: bool = False  # NHWC memory format for G, D and real batches (faster convs on tensor cores)
-    compile: bool = False  # torch.compile the main G/D forwards; lazy penalties stay eager (no double backward)
+    # torch.compile the main G/D forwards (true: inductor; or a dynamo backend name such as aot_eager); lazy
+    # penalties stay eager (no double backward)
+    compile: bool | str = False
     # A phase whose gradients are not finite skips its optimizer step (counted, logged as nonfinite_skipped).
     # After `nonfinite_patience` such steps in a row: "stop" (one line naming the last good checkpoint) or
     # "rollback" (reload the last good checkpoint, lrs x rollback_lr_factor; at most max_rollbacks times).
@@ -111,6 +115,7 @@ class Recipe:
     sample: SampleConfig = field(default_factory=SampleConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    metrics: MetricsConfig | None = None  # periodic evaluation (metrics_config.py)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -320,6 +325,8 @@ def validate(raw: dict) -> Recipe:
     recipe.regularizers = [check_plugin_block("regularizer", r, f"regularizers[{i}]")
                            for i, r in enumerate(recipe.regularizers)]
     recipe.data.source = check_plugin_block("dataset", recipe.data.source, "data.source")
+    if recipe.metrics is not None:
+        recipe.metrics = validate_metrics(recipe.metrics, check_plugin_block)
     _check_ranges(recipe)
     return recipe
 
@@ -345,6 +352,13 @@ def _check_ranges(r: Recipe):
         raise ConfigError(f"seed: must be in [0, 2**32), got {r.seed}")
     if r.train.kimg <= 0:
         raise ConfigError(f"train.kimg: must be > 0, got {r.train.kimg}")
+    if isinstance(r.train.compile, str):
+        from torch._dynamo import list_backends
+
+        backends = sorted({*list_backends(), "eager", "aot_eager"})  # plus the two debug backends worth naming
+        if r.train.compile not in backends:
+            raise ConfigError(f"train.compile: unknown torch.compile backend {r.train.compile!r} "
+                              f"(true, false, or one of: {', '.join(backends)})")
     if r.data.workers < 0:
         raise ConfigError(f"data.workers: must be >= 0, got {r.data.workers}")
     if r.train.ema_kimg < 0:

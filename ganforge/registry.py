@@ -17,7 +17,7 @@ from typing import Any
 from .errors import PluginError
 
 ENTRY_POINT_GROUP = "ganforge.plugins"
-KINDS = ("architecture", "loss", "regularizer", "balancer", "augment", "metric", "dataset")
+KINDS = ("architecture", "loss", "regularizer", "balancer", "augment", "metric", "extractor", "dataset")
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,13 @@ def _resume_guard(run_dir: Path, recipe: config.Recipe) -> None:
                                 "pass --fresh to start over or set name=... for a new run")
 
 
+def _backend(compile_opt: bool | str) -> str | None:
+    """train.compile: true -> inductor, a string -> that torch.compile backend, false -> none."""
+    if isinstance(compile_opt, str):
+        return compile_opt
+    return "inductor" if compile_opt else None
+
+
 def _prepare_data(accelerator, source) -> None:
     # Embedded datasets write shards on first use: the local main process writes, the others wait for it.
     with accelerator.local_main_process_first():
@@ -107,6 +114,11 @@ def run(recipe_path: str, overrides: list[str], dry_run: bool = False, fresh: bo
     ``recipe``: an already validated Recipe (the lab), instead of reading ``recipe_path``."""
     recipe = recipe if recipe is not None else config.load_recipe(recipe_path, overrides)
     components = build(recipe)  # every plugin, once; pre-flight included
+    evaluator = None
+    if recipe.metrics is not None:  # extractor weights are found (or refused) before any run dir exists
+        from .apps.evaluate import Evaluator
+
+        evaluator = Evaluator(recipe.metrics, components.arch, recipe.runs_dir)
     if dry_run:
         print(config.dump(recipe), end="")
         return None
@@ -130,7 +142,7 @@ def run(recipe_path: str, overrides: list[str], dry_run: bool = False, fresh: bo
     ddp = DistributedDataParallelKwargs(find_unused_parameters=components.schedule(1).grows)
     try:
         accelerator = Accelerator(mixed_precision=recipe.train.mixed_precision, cpu=multi_cpu,
-                                  dynamo_backend="inductor" if recipe.train.compile else None,
+                                  dynamo_backend=_backend(recipe.train.compile),
                                   log_with="wandb" if recipe.log.wandb else None, kwargs_handlers=[ddp],
                                   project_config=ProjectConfiguration(project_dir=str(run_dir)))
     except ValueError as e:
@@ -166,6 +178,10 @@ def run(recipe_path: str, overrides: list[str], dry_run: bool = False, fresh: bo
         trainer.resume(found)
         if accelerator.is_main_process:
             print(f"resuming from {found[0]} (step {trainer.step}, {trainer.state.kimg:.1f} kimg)")
+    if evaluator is not None:
+        from .apps.periodic_eval import attach
+
+        attach(trainer, evaluator)
     trainer.start_stream()
     try:
         reason = trainer.fit()

@@ -1,3 +1,3 @@
 """Built-in ganforge plugins. Loaded through the ``ganforge.plugins`` entry point like any third-party package."""
 
-from . import architectures, augment, balancers, datasets, losses, metrics, regularizers  # noqa: F401
+from . import architectures, augment, balancers, datasets, extractors, losses, metrics, regularizers  # noqa: F401

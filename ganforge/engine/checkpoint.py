@@ -13,6 +13,7 @@ written; newer ones (skipped as corrupt on resume) are left until the run replac
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import shutil
 from pathlib import Path
@@ -133,6 +134,32 @@ def _step(d: Path) -> int:
     return int(_STEP_DIR.match(d.name).group(1))
 
 
+BEST = "best.json"  # {"metric", "value", "step", "dir"}: the checkpoint an evaluation chose; never pruned
+
+
+def read_best(root: Path) -> dict | None:
+    try:
+        best = json.loads((root / BEST).read_text())
+        return best if isinstance(best, dict) and isinstance(best.get("step"), int) else None
+    except (OSError, ValueError):
+        return None  # absent or cut short by a crash: no checkpoint is protected, none is lost either
+
+
+def mark_best(root: Path, step: int, metric: str, value: float, keep: int) -> None:
+    """Main process only, after checkpoint ``step`` is published. Atomic, so a crash leaves the old record or
+    the new one. The previous best, no longer protected, is pruned at once unless it is one of the last ``keep``."""
+    d = root / f"step-{step:08d}"
+    if not d.is_dir():
+        raise CheckpointError(f"cannot mark {d} as the best checkpoint: it does not exist")
+    tmp = root / f".{BEST}.tmp"
+    try:
+        tmp.write_text(json.dumps({"metric": metric, "value": value, "step": step, "dir": d.name}) + "\n")
+        tmp.replace(root / BEST)
+    except OSError as e:
+        raise CheckpointError(f"cannot write {root / BEST}: {statefile.describe(e)}") from None
+    _prune(root, d, keep)
+
+
 def _prune(root: Path, final: Path, keep: int) -> None:
     """Keep the ``keep`` newest checkpoints up to the one just written. Newer ones can only be checkpoints that
     failed to verify when this run resumed (it resumes from the newest that verifies): they neither count toward
@@ -140,9 +167,12 @@ def _prune(root: Path, final: Path, keep: int) -> None:
     as it passes its step. A stale one is renamed before it is removed, so a crash mid-delete never leaves a
     half-deleted directory under a checkpoint's name."""
     upto = [d for d in checkpoint_dirs(root) if _step(d) <= _step(final)]
+    best = read_best(root)
     for stale in upto[:-keep]:
         if stale == final:  # cannot happen (final is the newest of upto), but it must never be the one deleted
             continue
+        if best is not None and _step(stale) == best["step"]:
+            continue  # kept in addition to the last `keep`
         trash = root / f".trash-{stale.name}"
         try:
             stale.rename(trash)

@@ -249,6 +249,12 @@ class Trainer:
         self._saved_step = self.step
         return path
 
+    def ensure_checkpoint(self) -> Path:
+        """A checkpoint of the current step (written unless one already is). Collective: every rank calls it."""
+        if self._saved_step != self.step:
+            self.save_checkpoint()
+        return self.ckpt_root / f"step-{self.step:08d}"
+
     def resume(self, found) -> None:
         path, shared, per_rank = found
         self.state.load_state_dict(shared["loop"])

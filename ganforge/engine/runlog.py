@@ -21,6 +21,36 @@ def _fail(path: Path, what: str, e: OSError) -> RunLogError:
     return RunLogError(f"cannot {what} {path}: {describe(e)}")
 
 
+def truncate_jsonl(path: Path, step: int) -> None:
+    """Drop the rows of a JSONL run file (log.jsonl, metrics.jsonl) whose ``step`` is past ``step``: they were
+    written by a run that died before its next checkpoint, and the resumed run writes those steps again. The
+    file then reads as one uninterrupted run."""
+    try:
+        if not path.is_file():
+            return
+        lines = path.read_bytes().decode("utf-8", errors="replace").splitlines()
+    except OSError as e:
+        raise _fail(path, "read", e) from None
+    keep = []
+    for line in lines:
+        try:
+            if json.loads(line)["step"] <= step:
+                keep.append(line)
+        except (ValueError, KeyError, TypeError):
+            pass  # a line cut short by kill -9: always past the checkpoint
+    if len(keep) != len(lines):
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        try:
+            tmp.write_text("".join(x + "\n" for x in keep))
+            tmp.replace(path)
+        except OSError as e:
+            try:
+                tmp.unlink(missing_ok=True)  # a full disk must not also keep half a copy of the log
+            except OSError:
+                pass
+            raise _fail(tmp, "write", e) from None
+
+
 class RunLog:
     def __init__(self, accelerator, run_dir: Path, total_kimg: float, start_kimg: float, use_tracker: bool,
                  progress: bool, resume_step: int = 0):
@@ -41,34 +71,8 @@ class RunLog:
         self.last_rate = 0.0
 
     def truncate_after(self, step: int) -> None:
-        if not self.main:
-            return
-        """Rows past the checkpoint we resume from were logged by a run that died before its next checkpoint;
-        the resumed run logs those steps again. Drop them so the log reads as one uninterrupted run."""
-        try:
-            if not self.path.is_file():
-                return
-            lines = self.path.read_bytes().decode("utf-8", errors="replace").splitlines()
-        except OSError as e:
-            raise _fail(self.path, "read", e) from None
-        keep = []
-        for line in lines:
-            try:
-                if json.loads(line)["step"] <= step:
-                    keep.append(line)
-            except (ValueError, KeyError, TypeError):
-                pass  # a line cut short by kill -9: always past the checkpoint
-        if len(keep) != len(lines):
-            tmp = self.path.with_suffix(".jsonl.tmp")
-            try:
-                tmp.write_text("".join(x + "\n" for x in keep))
-                tmp.replace(self.path)
-            except OSError as e:
-                try:
-                    tmp.unlink(missing_ok=True)  # a full disk must not also keep half a copy of the log
-                except OSError:
-                    pass
-                raise _fail(tmp, "write", e) from None
+        if self.main:
+            truncate_jsonl(self.path, step)
 
     def progress(self, kimg: float, step: int) -> None:
         if self.bar is not None:
