@@ -65,7 +65,8 @@ def test_two_processes_give_the_one_process_numbers(evaluated_run, tmp_path):
     args = ["eval", str(run), "--metrics", "fid,kid,pr", "--extractor", FLOW, "-n", "40", "--json"]
     one = run_cli(*args, "--cache-dir", tmp_path / "c1")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "ganforge",
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "ganforge",
                           *args, "--cache-dir", str(tmp_path / "c2")], capture_output=True, text=True, env=env,
                          timeout=600)
     assert one.returncode == 0 and two.returncode == 0, (one.stderr[-2000:], two.stderr[-2000:])
