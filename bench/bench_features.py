@@ -22,7 +22,7 @@ def digits(n: int, resolution: int) -> torch.Tensor:
     """``n`` rendered digits ``[n, 3, R, R]`` in [-1, 1] (the embedded dataset's renderer, no shards)."""
     import numpy as np
 
-    from plugins.datasets.digits import DigitRenderer
+    from ganforge_plugins.datasets.digits import DigitRenderer
 
     render, rng = DigitRenderer(resolution), np.random.default_rng(0)
     arr = np.stack([np.asarray(render(rng, int(rng.integers(10))).convert("RGB")) for _ in range(n)])

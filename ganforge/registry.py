@@ -85,7 +85,7 @@ def load_plugins() -> None:
 
 
 def _tag_untagged(module: str, dist: str) -> None:
-    """Plugins imported directly (``import plugins.losses`` in a script) before discovery registered without
+    """Plugins imported directly (``import ganforge_plugins.losses``) before discovery registered without
     their distribution; credit them to the entry point whose package holds them."""
     for table in _REGISTRY.values():
         for key, e in list(table.items()):

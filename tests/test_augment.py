@@ -7,7 +7,7 @@ from conftest import ckpt_state, run_cli, tiny_recipe, write_recipe
 
 from ganforge import registry
 from ganforge.errors import PluginError
-from plugins.augment import ada, diffaugment
+from ganforge_plugins.augment import ada, diffaugment
 
 
 def build(**block):

@@ -20,8 +20,8 @@ from PIL import Image
 from ganforge import registry, stream
 from ganforge.errors import DataError, PluginError
 from ganforge.stream import ShardStream, expand_urls, make_loader
-from plugins.datasets.digits import Digits
-from plugins.datasets.webdataset_source import WebDataset
+from ganforge_plugins.datasets.digits import Digits
+from ganforge_plugins.datasets.webdataset_source import WebDataset
 
 TRUNCATED, GARBAGE, NO_IMAGE = "truncated", "garbage", "no-image"
 

@@ -43,7 +43,7 @@ def test_rank_divergence_is_caught(tmp_path, data_cache):
     (pkg / "drift_arch.py").write_text(textwrap.dedent("""
         import torch
         from ganforge import register
-        from plugins.architectures.dcgan import DCGAN
+        from ganforge_plugins.architectures.dcgan import DCGAN
 
         class Drift(torch.nn.Module):
             def __init__(self, g):

@@ -121,7 +121,7 @@ def test_plugins_and_applications_add_hooks(tmp_path, data_cache, monkeypatch):
     from ganforge import registry
     from ganforge import run as run_mod
     from ganforge.engine.hooks import Hook
-    from plugins.balancers.alternate import Alternate
+    from ganforge_plugins.balancers.alternate import Alternate
 
     calls = []
 

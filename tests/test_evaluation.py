@@ -104,7 +104,7 @@ def test_bad_metrics_blocks_are_one_line_errors(tmp_path, data_cache, metrics, n
 def test_logits_metric_on_a_features_only_extractor_is_refused(evaluated_run, tmp_path):
     run, _ = evaluated_run
     ex = tmp_path / "x.pt"
-    from plugins.extractors.inception import InceptionFID
+    from ganforge_plugins.extractors.inception import InceptionFID
 
     opts = InceptionFID.contract_setup(tmp_path)
     flow = f"{{type: inception_fid, path: {opts['path']}, sha256: {opts['sha256']}}}"

@@ -10,7 +10,13 @@ import torch
 from conftest import ROOT, run_cli, write_recipe
 
 from ganforge import registry
-from plugins.metrics.mode_coverage import high_quality_share, mode_coverage, modes_covered, reverse_kl, scatter_image
+from ganforge_plugins.metrics.mode_coverage import (
+    high_quality_share,
+    mode_coverage,
+    modes_covered,
+    reverse_kl,
+    scatter_image,
+)
 
 
 def grid():

@@ -8,7 +8,7 @@ import torch
 
 from ganforge import registry
 from ganforge.api import PhaseContext
-from plugins.losses.wgan_gp import gradient_penalty
+from ganforge_plugins.losses.wgan_gp import gradient_penalty
 
 R, F = [2.0, -1.0], [0.5, -3.0]  # D's logits on two reals and two fakes
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from ganforge import registry
 from ganforge.errors import PluginError
-from plugins.architectures.msggan import MSGGAN
+from ganforge_plugins.architectures.msggan import MSGGAN
 
 torch.set_num_threads(1)
 TINY = {"type": "msggan", "resolution": 16, "latent_dim": 16, "channel_base": 128, "channel_max": 16}

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from ganforge import registry
 from ganforge.errors import PluginError
-from plugins.architectures.progan import ProGAN
+from ganforge_plugins.architectures.progan import ProGAN
 
 torch.set_num_threads(1)
 TINY = {"type": "progan", "resolution": 16, "latent_dim": 16, "channel_base": 128, "channel_max": 16}

@@ -64,4 +64,4 @@ def test_duplicate_name_names_both_sources(tmp_path):
     err = out.stderr.strip()
     assert "Traceback" not in err and len(err.splitlines()) == 1
     assert "duplicate loss plugin 'nonsaturating'" in err
-    assert "plugins.losses.nonsaturating:NonSaturating" in err and "gf_clash:Clash [gf-clash 0.1]" in err
+    assert "ganforge_plugins.losses.nonsaturating:NonSaturating" in err and "gf_clash:Clash [gf-clash 0.1]" in err

@@ -12,9 +12,9 @@ from conftest import ckpt_tensors, module_state, run_cli, write_recipe
 from ganforge import registry
 from ganforge.api import PhaseContext
 from ganforge.tasks.gan import lazy_factor, make_optimizer
-from plugins.architectures.stylegan_layers import ModulatedConv2d
-from plugins.regularizers.path_length import PathLength
-from plugins.regularizers.r1 import R1
+from ganforge_plugins.architectures.stylegan_layers import ModulatedConv2d
+from ganforge_plugins.regularizers.path_length import PathLength
+from ganforge_plugins.regularizers.r1 import R1
 
 torch.set_num_threads(1)
 TINY = {"type": "stylegan", "resolution": 16, "latent_dim": 16, "channel_base": 128, "channel_max": 16,
@@ -313,7 +313,7 @@ def test_two_processes_with_lazy_r1_and_path_length_end_identical(tmp_path, data
 
 def test_conv_clamp_bounds_every_conv_output():
     """``conv_clamp`` (the fp16 option) clips every conv output of G and D, as StyleGAN2-ADA does."""
-    from plugins.architectures.stylegan_layers import EqualConv2d, SynthesisLayer, ToRGB
+    from ganforge_plugins.architectures.stylegan_layers import EqualConv2d, SynthesisLayer, ToRGB
 
     def peak(arch):
         torch.manual_seed(0)

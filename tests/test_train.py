@@ -94,7 +94,7 @@ def test_bf16_and_grad_accum(tmp_path, data_cache):
 NAN_PLUGIN = """
 import torch
 from ganforge import register
-from plugins.losses.nonsaturating import NonSaturating
+from ganforge_plugins.losses.nonsaturating import NonSaturating
 
 @register('loss', 'nan_after')
 class NanAfter(NonSaturating):

@@ -15,18 +15,14 @@ from .statefile import describe
 
 
 def to_uint8_grid(images: torch.Tensor, nrow: int | None = None, pad: int = 2) -> np.ndarray:
-    """``[N, C, H, W]`` in [-1, 1] -> ``[H', W', 3]`` uint8 tile grid."""
-    images = images.detach().float().cpu().clamp(-1, 1)
-    n, c, h, w = images.shape
-    if c == 1:
-        images = images.expand(n, 3, h, w)
-    nrow = nrow or math.ceil(math.sqrt(n))
-    ncol = math.ceil(n / nrow)
-    grid = torch.full((3, ncol * (h + pad) + pad, nrow * (w + pad) + pad), -1.0)
-    for i in range(n):
-        r, col = divmod(i, nrow)
-        y, x = pad + r * (h + pad), pad + col * (w + pad)
-        grid[:, y:y + h, x:x + w] = images[i, :3]
+    """``[N, C, H, W]`` in [-1, 1] -> ``[H', W', 3]`` uint8 tile grid (``nrow`` images per row, default square)."""
+    from torchvision.utils import make_grid
+
+    images = images.detach().float().cpu().clamp(-1, 1)[:, :3]
+    nrow = nrow or math.ceil(math.sqrt(len(images)))
+    grid = make_grid(images, nrow=nrow, padding=pad, pad_value=-1.0)  # grey is repeated to RGB
+    if len(images) == 1 and pad:  # make_grid returns a lone image unpadded; a 1-image grid keeps the frame
+        grid = torch.nn.functional.pad(grid.expand(3, -1, -1), (pad,) * 4, value=-1.0)
     return ((grid + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
 
 

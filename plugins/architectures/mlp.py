@@ -81,7 +81,7 @@ class MLP(Architecture):
 
     def render_samples(self, samples: torch.Tensor) -> torch.Tensor:
         """A scatter plot of the points (first two coordinates) as one image ``[1, 3, 256, 256]`` in [-1, 1]."""
-        from plugins.metrics.mode_coverage import scatter_image
+        from ganforge_plugins.metrics.mode_coverage import scatter_image
 
         img = scatter_image(samples.detach().float().cpu()[:, :2], extent=1.25 * self.scale)
         return torch.from_numpy(img).permute(2, 0, 1)[None].float() / 127.5 - 1
