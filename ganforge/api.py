@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .registry import API_VERSION  # noqa: F401  (the plugin contract's version; plugins may declare api_version)
+
 Stats = dict[str, torch.Tensor]  # detached scalar tensors; the engine reduces them across ranks when it needs to
 Sample = "torch.Tensor | list[torch.Tensor]"  # one batch, or a multi-scale pyramid coarse -> fine (MSG-GAN)
 

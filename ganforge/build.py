@@ -30,6 +30,15 @@ class Components:
     augment: object | None
     regularizers: list = field(default_factory=list)
 
+    def provenance(self) -> dict[str, str]:
+        """Block path -> "name: module:qualname [distribution version]" of every plugin the recipe uses; a
+        checkpoint records it, and resuming with a different one warns."""
+        r = self.recipe
+        blocks = [("model", "architecture", r.model), ("loss", "loss", r.loss), ("balancer", "balancer", r.balancer),
+                  ("augment", "augment", r.augment), ("data.source", "dataset", r.data.source),
+                  *((f"regularizers[{i}]", "regularizer", b) for i, b in enumerate(r.regularizers))]
+        return {path: f"{b['type']}: {registry.get(kind, b['type']).source}" for path, kind, b in blocks if b}
+
     def make_task(self):
         # One kind of task today; the seam (setup / plan / end_step / render / state_dict) is what the loop
         # knows, so a task without a discriminator plugs in here without touching the loop.

@@ -37,9 +37,22 @@ def _catch_preemption() -> dict:
     return {s: signal.signal(s, catcher) for s in PREEMPT_SIGNALS}
 
 
+def _command(argv: list[str]) -> str | None:
+    """The subcommand of ``ganforge [-p SPEC]... [--debug] COMMAND ...`` (None if there is none)."""
+    i = 0
+    while i < len(argv):
+        if argv[i] in ("-p", "--plugin"):
+            i += 2
+        elif argv[i].startswith("-"):
+            i += 1
+        else:
+            return argv[i]
+    return None
+
+
 # From the first line, before click and long before torch: only for `ganforge run` (other commands keep the
 # default action, so `kill` still stops `ganforge data pack`).
-if sys.argv[1:2] == ["run"]:
+if _command(sys.argv[1:]) == "run":
     _catch_preemption()
 
 import click  # noqa: E402
@@ -48,6 +61,7 @@ from . import cli_artifacts  # noqa: E402
 from .cli_data import data  # noqa: E402
 from .cli_eval import eval_cmd  # noqa: E402
 from .cli_lab import lab  # noqa: E402
+from .cli_plugins import plugins_cmd  # noqa: E402
 from .errors import GanforgeError  # noqa: E402
 
 
@@ -56,8 +70,19 @@ def _is_rank0() -> bool:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-def cli():
+@click.option("-p", "--plugin", "plugin_specs", multiple=True, metavar="SPEC",
+              help="Load a plugin package explicitly: an entry-point or distribution name, or a module path "
+                   "(repeatable; with GANFORGE_DISABLE_PLUGIN_AUTOLOAD=1 only these and the built-ins load).")
+@click.option("--debug", is_flag=True, help="Full tracebacks for plugin packages that fail to import.")
+def cli(plugin_specs, debug):
     """ganforge: distributed, plugin-based GAN training."""
+    if debug:
+        os.environ["GANFORGE_DEBUG"] = "1"  # also for torchrun's ranks and DataLoader workers started later
+    if plugin_specs:
+        from . import registry
+
+        for spec in plugin_specs:
+            registry.request(spec)
 
 
 @cli.command(context_settings={"ignore_unknown_options": True})
@@ -83,19 +108,7 @@ def run(recipe, overrides, dry_run, fresh):
         sys.exit(EXIT_PREEMPTED)
 
 
-@cli.command()
-def plugins():
-    """List every registered plugin by kind, with where it came from."""
-    from . import registry
-
-    for kind in registry.KINDS:
-        click.echo(f"{kind}:")
-        items = registry.entries(kind)
-        if not items:
-            click.echo("  (none)")
-        for e in items:
-            click.echo(f"  {e.name:<16} {e.source}  {e.doc}")
-
+cli.add_command(plugins_cmd)  # ganforge plugins [KIND] / plugins show NAME
 
 cli.add_command(data)  # ganforge data pack / inspect
 cli.add_command(lab)  # ganforge lab: the mode-collapse lab

@@ -116,6 +116,10 @@ class Recipe:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     metrics: MetricsConfig | None = None  # periodic evaluation (metrics_config.py)
+    # Plugin modules that are not pip-installed: dotted module paths, or .py files (relative to the recipe file;
+    # written back absolute, so the run dir's recipe.yaml resumes from anywhere). Imported before any block is
+    # checked, in this order, on every rank alike.
+    imports: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -307,6 +311,10 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     for ov in overrides:
         key, value = parse_override(ov)
         _set_dotted(raw, key, value, f"override {ov!r}")
+    imports = raw.get("imports")
+    if isinstance(imports, list):  # types are checked in validate(); here only .py paths become absolute
+        raw["imports"] = [str((Path(path).parent / i).resolve()) if isinstance(i, str) and i.endswith(".py")
+                          else i for i in imports]
     try:
         return validate(raw)
     except ConfigError as e:
@@ -315,6 +323,11 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
 
 def validate(raw: dict) -> Recipe:
     recipe = _build_dataclass(Recipe, raw, "")
+    for i, spec in enumerate(recipe.imports):
+        try:
+            registry.import_recipe_module(spec, f"imports[{i}]")
+        except PluginError as e:
+            raise ConfigError(str(e)) from None
     if not re.match(r"^[A-Za-z0-9_.-]+$", recipe.name):
         raise ConfigError(f"name: {recipe.name!r} must be letters, digits, '_', '-', '.' (it names the run dir)")
     recipe.model = check_plugin_block("architecture", recipe.model, "model")

@@ -240,7 +240,8 @@ class Trainer:
 
     def save_checkpoint(self) -> Path:
         acc = self.accelerator
-        shared = {"loop": self.state.state_dict(), "feed": self.feed.state_dict(), "task": self.task.state_dict()}
+        shared = {"loop": self.state.state_dict(), "feed": self.feed.state_dict(), "task": self.task.state_dict(),
+                  "plugins": self.components.provenance()}
         if acc.scaler is not None:
             shared["scaler"] = acc.scaler.state_dict()
         per_rank = {"rng": statefile.capture_rng(), "skipped": self.feed.skipped}
@@ -260,6 +261,11 @@ class Trainer:
         self.state.load_state_dict(shared["loop"])
         self.feed.load_state_dict(shared["feed"])
         self.task.load_state_dict(shared["task"])
+        if self.accelerator.is_main_process:
+            now = self.components.provenance()
+            for block, then in (shared.get("plugins") or {}).items():
+                if now.get(block, then) != then:  # a plugin package was upgraded (or replaced) between runs
+                    print(f"warning: {block} was {then} when {path.name} was written; resuming with {now[block]}")
         if "scaler" in shared and self.accelerator.scaler is not None:
             self.accelerator.scaler.load_state_dict(shared["scaler"])
         if per_rank is None:
