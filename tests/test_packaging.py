@@ -4,6 +4,7 @@ the DCGAN recipe trains. The venv borrows the test venv's dependencies (torch an
 only ganforge itself is installed (no network, seconds)."""
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -23,8 +24,13 @@ def test_non_editable_install_runs_away_from_the_checkout(tmp_path, data_cache):
     # dependencies from the test venv; a plain path line does not run that venv's .pth files, so its editable
     # ganforge finder stays off and only the copy installed below can be imported
     (site / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    src = tmp_path / "src"  # a copy: pip builds in-tree, and the checkout must not get a build/ directory
+    for part in ("ganforge", "plugins"):
+        shutil.copytree(ROOT / part, src / part, ignore=shutil.ignore_patterns("__pycache__"))
+    for part in ("pyproject.toml", "setup.py", "README.md"):
+        shutil.copy(ROOT / part, src / part)
     out = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                          "--target", str(site), str(ROOT)], capture_output=True, text=True, timeout=600)
+                          "--no-index", "--target", str(site), str(src)], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert (site / "ganforge_plugins" / "architectures" / "dcgan.py").is_file()
     assert not (site / "plugins").exists(), "built-ins must not install as a top-level 'plugins' package"
