@@ -115,3 +115,20 @@ def test_logits_metric_on_a_features_only_extractor_is_refused(evaluated_run, tm
 def test_eval_of_nothing_is_a_one_line_error(tmp_path):
     out = run_cli("eval", tmp_path / "nope", "--extractor", FLOW)
     assert out.returncode == 2 and "no such run directory" in out.stderr and len(out.stderr.splitlines()) == 1
+
+
+def test_inception_extractor_preprocessing_and_optimised_graph(tmp_path):
+    """The frozen, inference-optimised graph gives the loaded network's features; the resize is the identity at
+    299² and keeps a flat image flat (StyleGAN's grid_sample resize, border padding)."""
+    import torch
+
+    from ganforge import registry
+    from ganforge_plugins.extractors.inception import InceptionFID, resize_299
+
+    ex = registry.build("extractor", {"type": "inception_fid", **InceptionFID.contract_setup(tmp_path)})
+    x = torch.rand(3, 3, 299, 299) * 2 - 1
+    want = ex.raw((((x + 1) / 2 * 255).round() / 128 - 1).clamp(-1, 255 / 128 - 1))
+    assert torch.allclose(ex(x)["features"], want, atol=1e-5)
+    flat = torch.full((1, 3, 32, 32), 77.0)
+    assert torch.allclose(resize_299(flat), torch.full((1, 3, 299, 299), 77.0))
+    assert torch.allclose(resize_299(x), x, atol=1e-4)  # grid_sample rounds its float coordinates

@@ -83,11 +83,25 @@ class InceptionFID(Extractor):
         self.path, self.checksum, self.size, self.name = p, got, int(size), "inception_fid"
         with warnings.catch_warnings():  # torch 2.14 deprecates TorchScript; the file is TorchScript all the same
             warnings.simplefilter("ignore", FutureWarning)
-            self.net = torch.jit.load(str(p), map_location="cpu").eval()  # checksum verified just above
+            self.raw = torch.jit.load(str(p), map_location="cpu").eval()  # checksum verified just above
+        self.net = None  # the inference-optimised copy, made for the device it runs on (to() / first call)
 
     def to(self, device) -> InceptionFID:
-        self.net = self.net.to(device)
+        self.raw, self.net = self.raw.to(device), None
         return self
+
+    def _optimised(self):
+        """Frozen (weights folded in as constants, conv+BN fused) and optimised for inference: 1.3x on a CPU with
+        channels-last input (measured in bench/RESULTS.md); features equal the raw network's to float rounding.
+        A graph that cannot be frozen runs as loaded."""
+        if self.net is None:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    self.net = torch.jit.optimize_for_inference(torch.jit.freeze(self.raw))
+            except Exception:  # noqa: BLE001 — any TorchScript file "with that interface" must still work
+                self.net = self.raw
+        return self.net
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -95,7 +109,7 @@ class InceptionFID(Extractor):
         if x.shape[-2:] != (self.size, self.size):
             x = resize_299(x, self.size)
         x = (x / 128 - 1).clamp(-1, 255 / 128 - 1)  # TF Inception's input range
-        f = self.net(x)
+        f = self._optimised()(x.contiguous(memory_format=torch.channels_last))
         return {"features": f.flatten(2).mean(2) if f.dim() > 2 else f}
 
     @staticmethod
