@@ -18,6 +18,7 @@ from pathlib import Path
 import click
 
 from .errors import GanforgeError
+from .fileio import write_atomic
 
 
 def _png_bytes(arr) -> bytes:
@@ -26,22 +27,6 @@ def _png_bytes(arr) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format="PNG")
     return buf.getvalue()
-
-
-def _write_atomic(path: Path, write) -> None:
-    """``write(f)`` into a temp file next to ``path``, then rename: a reader never sees half a file."""
-    from .engine.statefile import describe
-
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except OSError as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        raise GanforgeError(f"cannot write {path}: {describe(e)}") from None
 
 
 def _tiles(images):
@@ -101,7 +86,7 @@ def _interpolate(gen, pairs, frames, seed, truncation, batch, out: Path) -> tupl
                         for i in range(0, z.shape[0], batch)])
     arr = to_uint8_grid(images, nrow=frames)
     data = _png_bytes(arr)
-    _write_atomic(out, lambda f: f.write(data))
+    write_atomic(out, lambda f: f.write(data))
     return arr.shape
 
 
@@ -138,7 +123,7 @@ def _write_tar(gen, n, seed, truncation, batch, out: Path, shard_size: int) -> l
 
     for k, path in enumerate(paths):
         first = k * shard_size
-        _write_atomic(path, lambda f, a=first: write(f, a, min(shard_size, n - a)))
+        write_atomic(path, lambda f, a=first: write(f, a, min(shard_size, n - a)))
     return paths
 
 
@@ -147,7 +132,7 @@ def _write_dir(gen, n, seed, truncation, batch, out: Path) -> int:
     for images in _image_batches(gen, n, seed, truncation, batch):
         for tile in _tiles(images):
             data = _png_bytes(tile)
-            _write_atomic(out / f"{index:0{width}d}.png", lambda f, d=data: f.write(d))
+            write_atomic(out / f"{index:0{width}d}.png", lambda f, d=data: f.write(d))
             index += 1
     return index
 

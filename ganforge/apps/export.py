@@ -10,9 +10,7 @@ every tensor's name and shape is checked against it before anything is loaded.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 from pathlib import Path
 
 from .artifacts import (
@@ -171,10 +169,10 @@ def load_export(path, ema: bool = True, device="cpu", meta: dict | None = None) 
 
 def export(source: Source, out: Path) -> dict:
     """Write G and G_ema of a checkpoint to ``out`` (.safetensors) atomically; returns the metadata written."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     from .. import __version__
-    from ..engine.statefile import describe
+    from ..fileio import write_atomic
 
     out = Path(out)
     if source.kind == "export":
@@ -190,13 +188,6 @@ def export(source: Source, out: Path) -> dict:
                                                                    "alpha": stage.alpha},
             "step": source.step, "kimg": source.kimg, "recipe": r.name,
             "source": str(Path(source.ckpt_dir).resolve())}
-    tmp = out.with_name(f".{out.name}.tmp")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        save_file(tensors, str(tmp), metadata={k: json.dumps(v) for k, v in meta.items()})
-        os.replace(tmp, out)  # readers never see half an export
-    except OSError as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        raise ArtifactError(f"cannot write {out}: {describe(e)}") from None
+    data = save(tensors, metadata={k: json.dumps(v) for k, v in meta.items()})
+    write_atomic(out, lambda f: f.write(data), ArtifactError)  # readers never see half an export
     return meta

@@ -8,9 +8,7 @@ execute code (safetensors).
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 from pathlib import Path
 
 import torch
@@ -19,18 +17,16 @@ from ..errors import GanforgeError
 
 
 def save_cached(path: Path, tensors: dict[str, torch.Tensor], ident: dict) -> None:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    from ..fileio import write_atomic
+
+    data = save({k: v.contiguous() for k, v in tensors.items()}, metadata={"ident": json.dumps(ident)})
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={"ident": json.dumps(ident)})
-        tmp.replace(path)  # atomic: two runs filling the same cache never read half a file
-    except OSError as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
+        write_atomic(path, lambda f: f.write(data))  # two runs filling the same cache never read half a file
+    except GanforgeError as e:
         # the evaluation itself succeeded: a cache that cannot be written costs time next time, nothing else
-        print(f"warning: cannot cache real features at {path}: {e.strerror or e}")
+        print(f"warning: real features not cached: {e}")
 
 
 def load_cached(path: Path) -> dict[str, torch.Tensor]:
