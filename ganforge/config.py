@@ -88,6 +88,9 @@ class LogConfig:
 class SampleConfig:
     every: int = 500
     every_kimg: float | None = None
+    # A grid of the untrained G at step 0, then at every/8, every/4, every/2 (and likewise for every_kimg): the
+    # first minutes of a run show whether it learns, instead of nothing until step 500.
+    early: bool = True
     n: int = 64
     truncation_psi: float = 1.0  # != 1 needs a G whose forward takes truncation_psi (StyleGAN-like)
 

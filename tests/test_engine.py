@@ -51,9 +51,10 @@ def test_hooks_can_fire_every_n_kimg(tmp_path, data_cache):
     r = tiny_recipe(tmp_path, data_cache, **{"sample.every": 0, "sample.every_kimg": 0.04})
     out = run_cli("run", write_recipe(tmp_path / "r.yaml", r))
     assert out.returncode == 0, out.stderr[-3000:]
-    # 8 images per step: 0.04 kimg = every 5 steps, plus nothing extra at the end (step 20 is one of them)
+    # 8 images per step: 0.04 kimg = every 5 steps, plus nothing extra at the end (step 20 is one of them); early
+    # grids at step 0 and where 0.005, 0.01, 0.02 kimg are first crossed (steps 1, 2, 3)
     names = sorted(p.name for p in (tmp_path / "runs/tiny/samples").glob("*.png"))
-    assert names == [f"step-{s:08d}.png" for s in (5, 10, 15, 20)]
+    assert names == [f"step-{s:08d}.png" for s in (0, 1, 2, 3, 5, 10, 15, 20)]
 
 
 @pytest.mark.parametrize("override,message", [

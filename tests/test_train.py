@@ -30,7 +30,9 @@ def test_short_run_trains_and_writes_everything(tmp_path, data_cache):
             "d_acc_fake", "grad_norm_d", "grad_norm_g", "diversity"} <= rows[-1].keys()
     assert 0 <= rows[-1]["d_acc_real"] <= 1 and rows[-1]["grad_norm_g"] > 0 and rows[-1]["diversity"] > 0
     assert rows[-1]["kimg"] == pytest.approx(0.16)
-    assert sorted(p.name for p in (run / "samples").glob("*.png")) == ["step-00000010.png", "step-00000020.png"]
+    # sample.early (default): the untrained G at step 0, then every/8, every/4, every/2, then every 10 steps
+    grids = sorted(p.name for p in (run / "samples").glob("*.png"))
+    assert grids == [f"step-{s:08d}.png" for s in (0, 1, 2, 5, 10, 20)]
     ckpts = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert ckpts == ["step-00000010", "step-00000020"]  # keep=2, no temp dirs left
     ckpt = run / "checkpoints" / "step-00000020"

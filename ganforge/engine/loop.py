@@ -60,7 +60,7 @@ class Trainer:
         self.task.setup(acc, self.feed, self.schedule.at(0.0), fmt)
         set_seed(r.seed, device_specific=True)  # each rank its own latents and noise from here on
         self.hooks = [Hook("log", self._log, r.log.every or None, r.log.every_kimg),
-                      Hook("sample", self.sample, r.sample.every or None, r.sample.every_kimg),
+                      Hook("sample", self.sample, r.sample.every or None, r.sample.every_kimg, early=r.sample.early),
                       Hook("checkpoint", self._checkpoint_hook, r.checkpoint.every or None, r.checkpoint.every_kimg)]
         self.hooks += self.task.hooks()  # hooks the plugins declare (Hook records, same intervals)
         self.watchdog = Watchdog()
@@ -113,6 +113,11 @@ class Trainer:
         try:
             if r.train.max_steps is not None and self.step >= r.train.max_steps:
                 return "stopped"
+            if r.sample.early and self.step == 0:
+                # The untrained G, before any step. Only a run that starts from scratch writes it: a resumed run
+                # starts at its checkpoint's step (> 0), so the step-0 grid on disk is never rewritten. Same
+                # branch on every rank (the step is), and sample() draws from no training RNG stream.
+                self.sample()
             while self.state.kimg < r.train.kimg:
                 before = self.state.kimg
                 self.train_step()
