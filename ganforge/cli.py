@@ -90,7 +90,11 @@ def cli(plugin_specs, debug):
 @click.argument("overrides", nargs=-1)
 @click.option("--dry-run", is_flag=True, help="Print the resolved recipe and exit.")
 @click.option("--fresh", is_flag=True, help="Start over: move an existing run directory aside instead of resuming.")
-def run(recipe, overrides, dry_run, fresh):
+@click.option("--data", "data_path", metavar="PATH",
+              help="Train on your images: a folder (packed once into shards at the model's resolution, cached "
+                   "under ~/.cache/ganforge/packs), a `ganforge data pack` folder, or a shard pattern / .tar. "
+                   "The run is named <recipe>-<folder>.")
+def run(recipe, overrides, dry_run, fresh, data_path):
     """Train from RECIPE (a YAML file) with optional dotted OVERRIDES such as train.batch_size=64.
 
     Exit status 75 when SIGTERM or SIGUSR1 stopped the run (a checkpoint was written; run it again to resume)."""
@@ -100,7 +104,7 @@ def run(recipe, overrides, dry_run, fresh):
     try:
         from .run import run as run_recipe
 
-        trainer = run_recipe(recipe, list(overrides), dry_run=dry_run, fresh=fresh)
+        trainer = run_recipe(recipe, list(overrides), dry_run=dry_run, fresh=fresh, data=data_path)
     finally:
         for s, h in replaced.items():
             signal.signal(s, h)

@@ -25,6 +25,7 @@ from .engine.schedule import ScheduleConfig
 from .errors import ConfigError, PluginError
 from .metrics_config import MetricsConfig
 from .metrics_config import validate as validate_metrics
+from .overrides import apply_overrides
 
 
 @dataclass
@@ -261,33 +262,6 @@ def check_plugin_block(kind: str, block: dict, path: str, engine_args=()) -> dic
     return out
 
 
-def _set_dotted(d: dict, dotted: str, value, where: str):
-    keys = dotted.split(".")
-    cur = d
-    for k in keys[:-1]:
-        if k.isdigit() and isinstance(cur, list):
-            cur = cur[int(k)]
-            continue
-        nxt = cur.get(k)
-        if nxt is None:
-            nxt = cur[k] = {}
-        if not isinstance(nxt, (dict, list)):
-            raise ConfigError(f"{where}: {dotted}: {k} is not a mapping")
-        cur = nxt
-    cur[keys[-1]] = value
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    if "=" not in text:
-        raise ConfigError(f"override {text!r}: expected key=value (e.g. train.batch_size=64)")
-    key, raw = text.split("=", 1)
-    try:
-        value = yaml.safe_load(raw) if raw != "" else ""
-    except yaml.YAMLError:
-        value = raw
-    return key.strip(), value
-
-
 def load_raw(path: str | Path) -> dict:
     p = Path(path)
     if not p.is_file():
@@ -311,9 +285,7 @@ ENGINE_ARGS = {"dataset": ()}
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     raw = load_raw(path)
     raw.setdefault("name", Path(path).stem)
-    for ov in overrides:
-        key, value = parse_override(ov)
-        _set_dotted(raw, key, value, f"override {ov!r}")
+    apply_overrides(raw, list(overrides))  # a plugin block whose type changes drops the old type's options
     imports = raw.get("imports")
     if isinstance(imports, list):  # types are checked in validate(); here only .py paths become absolute
         raw["imports"] = [str((Path(path).parent / i).resolve()) if isinstance(i, str) and i.endswith(".py")

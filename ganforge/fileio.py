@@ -1,4 +1,5 @@
-"""Atomic file writes for what ganforge hands to users: sample outputs, exports, cached features."""
+"""Atomic file writes for what ganforge hands to users (sample outputs, exports, cached features), and where its
+machine-wide cache lives."""
 
 from __future__ import annotations
 
@@ -26,3 +27,9 @@ def write_atomic(path: Path, write, error=GanforgeError) -> None:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
         raise error(f"cannot write {path}: {describe(e)}") from None
+
+
+def cache_root(cache_dir: str | None = None) -> str:
+    """Datasets ganforge writes itself (embedded digits, packs of ``--data`` folders): ``$GANFORGE_CACHE``, else
+    ``~/.cache/ganforge``. Shared by every run on the machine, so a dataset is written once."""
+    return cache_dir or os.environ.get("GANFORGE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "ganforge")

@@ -109,10 +109,17 @@ def _on_main(accelerator, fn, where: Path) -> None:
         raise error or GanforgeError(f"{where}: the main process could not set up the run directory")
 
 
-def run(recipe_path: str, overrides: list[str], dry_run: bool = False, fresh: bool = False, recipe=None):
+def run(recipe_path: str, overrides: list[str], dry_run: bool = False, fresh: bool = False, recipe=None,
+        data: str | None = None):
     """Returns the finished Trainer (None for --dry-run) so scripts and tests can inspect the final state.
-    ``recipe``: an already validated Recipe (the lab), instead of reading ``recipe_path``."""
+    ``recipe``: an already validated Recipe (the lab), instead of reading ``recipe_path``. ``data``: ``--data``,
+    your images (a folder, packed once and cached) or shards, in place of the recipe's data.source."""
     recipe = recipe if recipe is not None else config.load_recipe(recipe_path, overrides)
+    if data is not None:
+        from .datatools.folder import use_data
+
+        named = any(o.split("=", 1)[0].strip() == "name" for o in overrides)  # a name given wins
+        use_data(recipe, data, prepare=not dry_run, rename=not named)
     components = build(recipe)  # every plugin, once; pre-flight included
     evaluator = None
     if recipe.metrics is not None:  # extractor weights are found (or refused) before any run dir exists

@@ -76,3 +76,25 @@ def test_dump_round_trips(tmp_path):
     r = load(tmp_path, BASE, ["train.kimg=3"])
     again = config.validate(yaml.safe_load(config.dump(r)))
     assert again == r
+
+
+def test_changing_a_plugin_type_drops_the_previous_types_options(tmp_path):
+    raw = {**BASE, "data": {"source": {"type": "digits", "resolution": 32}},
+           "loss": {"type": "nonsaturating", "label_smoothing": 0.1},
+           "regularizers": [{"type": "r1", "gamma": 2.0, "interval": 4}]}
+    # the issue's command: digits' resolution must not reach the webdataset plugin
+    r = load(tmp_path, raw, ["data.source.type=webdataset", "data.source.urls=a-{000000..000003}.tar"])
+    assert r.data.source == {"type": "webdataset", "urls": "a-{000000..000003}.tar"}
+    # keys given on the same command line stay, before or after the type; list items by index too
+    r = load(tmp_path, raw, ["loss.drift=0.001", "loss.type=wgan_gp", "loss.gp_weight=5",
+                             "regularizers.0.interval=8", "regularizers.0.type=path_length"])
+    assert r.loss == {"type": "wgan_gp", "drift": 0.001, "gp_weight": 5.0}
+    assert r.regularizers == [{"type": "path_length", "interval": 8}]
+    with pytest.raises(ConfigError, match=r"loss\.label_smoothing: unknown option for loss 'wgan_gp'"):
+        load(tmp_path, raw, ["loss.label_smoothing=0.2", "loss.type=wgan_gp"])  # then it is the user's own key
+    # the same type keeps the block; a whole block given replaces it as before
+    assert load(tmp_path, raw, ["loss.type=nonsaturating"]).loss == {"type": "nonsaturating", "label_smoothing": 0.1}
+    assert load(tmp_path, raw, ["loss={type: hinge}"]).loss == {"type": "hinge"}
+    # not plugin blocks: a schedule curve's keys mean the same for every type
+    r = load(tmp_path, {**raw, "schedule": {"lr": {"type": "linear", "end": 0.5}}}, ["schedule.lr.type=cosine"])
+    assert r.schedule.lr.end == 0.5

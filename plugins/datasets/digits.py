@@ -14,14 +14,11 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from ganforge.api import DatasetSource
 from ganforge.errors import DataError
+from ganforge.fileio import cache_root  # one cache for the engine's packs and this plugin's shards
 from ganforge.registry import register
 
 VERSION = 1  # bump when rendering changes: it is part of the cache directory name
 _MESH = 3  # cells per side of the piecewise-affine "handwriting wobble" warp
-
-
-def cache_root(cache_dir: str | None = None) -> str:
-    return cache_dir or os.environ.get("GANFORGE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "ganforge")
 
 
 class DigitRenderer:
