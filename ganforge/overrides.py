@@ -45,8 +45,10 @@ def _get(d, keys: list[str]):
 def set_dotted(d: dict, dotted: str, value, where: str):
     keys = dotted.split(".")
     cur = d
-    for k in keys[:-1]:
+    for i, k in enumerate(keys[:-1]):
         if k.isdigit() and isinstance(cur, list):
+            if int(k) >= len(cur):  # an IndexError would surface as a traceback, not as a line naming the path
+                raise ConfigError(f"{where}: {'.'.join(keys[:i + 1])}: no such item (the list has {len(cur)})")
             cur = cur[int(k)]
             continue
         nxt = cur.get(k)

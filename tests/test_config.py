@@ -57,6 +57,8 @@ def test_overrides(tmp_path):
         load(tmp_path, BASE, ["train.batch_sise=8"])
     with pytest.raises(ConfigError, match=r"expected key=value"):
         load(tmp_path, BASE, ["train.batch_size"])
+    with pytest.raises(ConfigError, match=r"regularizers\.1: no such item \(the list has 1\)"):
+        load(tmp_path, {**BASE, "regularizers": [{"type": "r1"}]}, ["regularizers.1.gamma=3"])
 
 
 def test_missing_and_invalid_files(tmp_path):
