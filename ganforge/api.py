@@ -6,7 +6,9 @@ distribution stays the engine's job.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -233,5 +235,23 @@ class Extractor:
     def to(self, device) -> Extractor:
         return self
 
+    def prepare(self, data: ExtractorData) -> None:
+        """Optional: fit the network to the evaluated dataset before any features are taken (a classifier trained
+        on the dataset's own labelled reals). Called on every rank, the main process first: it does the work and
+        caches the result under ``data.cache_dir``; the other ranks then load it. Deterministic, so a rank that
+        cannot see the cache (a node-local disk) computes the same network. ``checksum`` is final afterwards."""
+
     def __call__(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         raise NotImplementedError
+
+
+@dataclass
+class ExtractorData:
+    """What ``Extractor.prepare`` may read: the real shards (each sample may carry ``cls``), the resolution and
+    channels the generator produces, a writable cache directory and a one-line logger."""
+
+    urls: list[str]
+    resolution: int
+    channels: int
+    cache_dir: Path
+    log: Callable[[str], None] = print

@@ -19,6 +19,17 @@ from .errors import GanforgeError
 
 
 def _metric_blocks(spec: str) -> list:
+    """'fid,kid,pr' or a YAML flow list with plugin blocks: '[fid, {type: pr, k: 5}]'."""
+    if spec.lstrip().startswith("["):
+        import yaml
+
+        try:
+            blocks = yaml.safe_load(spec)
+        except yaml.YAMLError as e:
+            raise GanforgeError(f"--metrics: not a valid YAML list: {' '.join(str(e).split())}") from None
+        if not isinstance(blocks, list) or not blocks:
+            raise GanforgeError("--metrics: expected a non-empty list like [fid, {type: pr, k: 5}]")
+        return blocks
     names = [s.strip() for s in spec.split(",") if s.strip()]
     if not names:
         raise GanforgeError("--metrics: name at least one metric (e.g. fid,kid,pr)")
@@ -92,7 +103,9 @@ def evaluate_target(target, metrics, extractor, real, n, reals, batch, seed, cac
 
 @click.command("eval")
 @click.argument("target", metavar="RUN_OR_CHECKPOINT_OR_EXPORT")
-@click.option("--metrics", default="fid", show_default=True, help="Comma-separated metric plugins: fid, kid, pr, is.")
+@click.option("--metrics", default="fid", show_default=True,
+              help="Comma-separated metric plugins (fid, kid, pr, is, class_coverage), or a YAML list of "
+              "blocks: '[fid, {type: pr, k: 5}]'.")
 @click.option("--extractor", default="inception_fid", show_default=True,
               help="inception_fid (pip install 'ganforge[metrics]'), timm:<model> (local weights or hub cache), or a "
               "block: '{type: timm, model: NAME, weights: FILE}'.")

@@ -58,18 +58,39 @@ def _canonical_order(feats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v[order] for k, v in feats.items()}
 
 
+def _kinds(metric) -> tuple[str, ...]:
+    """What a metric scores: ``input`` is one kind ("features", "logits") or a tuple of them."""
+    need = getattr(metric, "input", "features")
+    return tuple(need) if isinstance(need, (tuple, list)) else (need,)
+
+
 class Evaluator:
+    """Metrics on the features of one or more extractors: ``metrics.extractor`` by default, or the one a metric
+    brings (``metric.extractor``, a plugin block: class coverage scores with a classifier of its own). Each
+    extractor is built once and sees every image once; the fakes are rendered once for all of them."""
+
     def __init__(self, cfg: MetricsConfig, arch, runs_dir: str | Path):
         self.cfg, self.arch = cfg, arch
         self.metrics = [registry.build("metric", b, f"metrics.compute[{i}]") for i, b in enumerate(cfg.compute)]
-        self.extractor = registry.build("extractor", cfg.extractor, "metrics.extractor")
+        blocks: dict[str, int] = {}  # canonical block -> index in self.extractors
+        self.extractors, self.uses = [], []
         for i, m in enumerate(self.metrics):
-            need = getattr(m, "input", "features")
-            if need == "logits" and not self.extractor.has_logits:
-                raise GanforgeError(f"metrics.compute[{i}]: {cfg.compute[i]['type']!r} needs class logits; extractor "
-                                    f"{self.extractor.name!r} gives features only")
-            if need not in ("features", "logits"):
-                raise GanforgeError(f"metrics.compute[{i}]: {cfg.compute[i]['type']!r} scores {need}, not images")
+            own = getattr(m, "extractor", None)
+            block = dict(own) if own else cfg.extractor
+            key = json.dumps(block, sort_keys=True, default=str)
+            if key not in blocks:  # built now: missing weights are refused before any heavy work
+                blocks[key] = len(self.extractors)
+                where = f"metrics.compute[{i}].extractor" if own else "metrics.extractor"
+                self.extractors.append(registry.build("extractor", block, where))
+            ex = self.extractors[blocks[key]]
+            self.uses.append(blocks[key])
+            for need in _kinds(m):
+                name = cfg.compute[i]["type"]
+                if need == "logits" and not ex.has_logits:
+                    raise GanforgeError(f"metrics.compute[{i}]: {name!r} needs class logits; extractor "
+                                        f"{ex.name!r} gives features only")
+                if need not in ("features", "logits"):
+                    raise GanforgeError(f"metrics.compute[{i}]: {name!r} scores {need}, not images")
         self.cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else Path(runs_dir) / ".cache" / "features"
 
     def higher_is_better(self, key: str) -> bool:
@@ -80,26 +101,26 @@ class Evaluator:
         return None if any(k is None for k in keys) else {k for ks in keys for k in ks}
 
     # ---- features ------------------------------------------------------------------------------------------
-    def _extract(self, images: torch.Tensor, out: dict[str, list]) -> None:
+    def _extract(self, images: torch.Tensor, out: dict[tuple, list], which: list[int]) -> None:
         with torch.no_grad():
-            got = self.extractor(images)
-        for k, v in got.items():
-            out.setdefault(k, []).append(v.detach().float().cpu())
+            for j in which:
+                for k, v in self.extractors[j](images).items():
+                    out.setdefault((j, k), []).append(v.detach().float().cpu())
 
-    def fake_features(self, acc, render) -> dict[str, torch.Tensor] | None:
+    def fake_features(self, acc, render) -> dict[tuple, torch.Tensor] | None:
         """``render(z) -> images [B, C, H, W]`` in [-1, 1]. Rank r renders samples r, r + W, ...; the main process
-        gets them back in sample order (None elsewhere)."""
+        gets ``{(extractor index, kind): [n, D]}`` back in sample order (None elsewhere)."""
         cfg, W, r = self.cfg, acc.num_processes, acc.process_index
         z_all = self.arch.sample_latents(cfg.n, generator=torch.Generator().manual_seed(cfg.seed))
         mine = z_all[r::W]
-        out: dict[str, list] = {}
+        out: dict[tuple, list] = {}
         devices = [acc.device] if acc.device.type == "cuda" else []
         # Forked RNG: noise inputs (StyleGAN) are seeded per rank, and training's random stream after an
         # evaluation is the one it would have had without it (exact resume does not depend on evaluation).
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(cfg.seed + 1 + r)
             for i in range(0, len(mine), cfg.batch):
-                self._extract(render(mine[i:i + cfg.batch].to(acc.device)), out)
+                self._extract(render(mine[i:i + cfg.batch].to(acc.device)), out, list(range(len(self.extractors))))
         result = {}
         for k in sorted(out):  # same key order on every rank: each key is one collective
             parts = _gather_rows(acc, torch.cat(out[k]))
@@ -110,71 +131,105 @@ class Evaluator:
                 result[k] = full
         return result if acc.is_main_process else None
 
+    def _cache_path(self, j: int, ident: dict) -> tuple[Path, dict]:
+        ex = self.extractors[j]
+        ident = ident | {"extractor": ex.name, "checksum": ex.checksum}
+        key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:20]
+        return self.cache_dir / f"{ex.name.replace(':', '_')}-{ident['resolution']}px-{key}.safetensors", ident
+
     def real_features(self, acc, source, resolution: int, channels: int, log=print) -> dict | None:
-        """Features of the reals at ``resolution`` on the main process (None elsewhere), from the cache when an
-        entry for (dataset, extractor, resolution, count) exists, else read once and cached."""
+        """``{(extractor index, kind): features}`` of the reals at ``resolution`` on the main process (None
+        elsewhere): from the cache where an entry for (dataset, extractor, resolution, count) exists; the reals
+        are read once, for every extractor without one, and cached."""
         from ..datatools.epoch import EpochStream
         from ..stream import make_loader
 
         cfg = self.cfg
         urls = source.urls()
-        if not urls:
-            raise GanforgeError(f"metrics: data.source {type(source).__name__} has no image shards to compare with")
         # with a subset (reals: N), which N images depend on how shards fall to ranks: part of the key
         world = acc.num_processes if cfg.reals is not None else None
-        ident = {"source": _source_identity(urls), "extractor": self.extractor.name,
-                 "checksum": self.extractor.checksum, "resolution": resolution, "channels": channels,
-                 "reals": cfg.reals, "world": world}
-        key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:20]
-        path = self.cache_dir / f"{self.extractor.name.replace(':', '_')}-{resolution}px-{key}.safetensors"
-        found = torch.tensor(float(acc.is_main_process and path.is_file()), device=acc.device)
-        if acc.reduce(found, reduction="sum").item() > 0:  # the main process decides for every rank
-            return load_cached(path) if acc.is_main_process else None
+        base = {"source": _source_identity(urls), "resolution": resolution, "channels": channels,
+                "reals": cfg.reals, "world": world}
+        paths = [self._cache_path(j, base) for j in range(len(self.extractors))]
+        found = torch.tensor([float(acc.is_main_process and p.is_file()) for p, _ in paths], device=acc.device)
+        found = acc.reduce(found, reduction="sum").tolist()  # the main process decides for every rank
+        result: dict[tuple, torch.Tensor] = {}
+        if acc.is_main_process:
+            for j, (p, _) in enumerate(paths):
+                if found[j] > 0:
+                    result |= {(j, k): v for k, v in load_cached(p).items()}
+        todo = [j for j in range(len(self.extractors)) if found[j] == 0]
+        if not todo:
+            return result if acc.is_main_process else None
         t0 = time.perf_counter()
         stream = EpochStream(urls, batch_size=cfg.batch, resolution=resolution, channels=channels,
                              rank=acc.process_index, world_size=acc.num_processes, num_workers=0)
         quota = None if cfg.reals is None else -(-cfg.reals // acc.num_processes)
-        out: dict[str, list] = {}
+        out: dict[tuple, list] = {}
         seen = 0
         for batch in make_loader(stream):
             images = batch["image"] if quota is None else batch["image"][: quota - seen]
-            self._extract(images.to(acc.device), out)
+            self._extract(images.to(acc.device), out, todo)
             seen += len(images)
             if quota is not None and seen >= quota:
                 break
-        result = {}
+        fresh: dict[tuple, torch.Tensor] = {}
         for k in sorted(out):
             parts = _gather_rows(acc, torch.cat(out[k]))
             if parts is not None:
-                result[k] = torch.cat(parts)[: cfg.reals]
-        result = _canonical_order(result)
+                fresh[k] = torch.cat(parts)[: cfg.reals]
         if not acc.is_main_process:
             return None
-        have = len(next(iter(result.values())))
-        if cfg.reals is not None and have < cfg.reals:
-            raise GanforgeError(f"metrics.reals: {cfg.reals} asked for, the dataset gave {have} readable images")
-        save_cached(path, result, ident)
-        log(f"metrics: features of {have} real images ({self.extractor.name}) in {time.perf_counter() - t0:.0f} s, "
-            f"cached at {path}")
+        for j in todo:
+            feats = _canonical_order({k: v for (i, k), v in fresh.items() if i == j})
+            have = len(feats["features"])
+            if cfg.reals is not None and have < cfg.reals:
+                raise GanforgeError(f"metrics.reals: {cfg.reals} asked for, the dataset gave {have} readable images")
+            save_cached(paths[j][0], feats, paths[j][1])
+            log(f"metrics: features of {have} real images ({self.extractors[j].name}) in "
+                f"{time.perf_counter() - t0:.0f} s, cached at {paths[j][0]}")
+            result |= {(j, k): v for k, v in feats.items()}
         return result
 
     # ---- metrics ---------------------------------------------------------------------------------------------
+    def prepare(self, acc, source, resolution: int, channels: int, log=print) -> None:
+        """Extractors that fit themselves to the data (a classifier) do it now: the main process first, so it
+        trains and caches while the other ranks wait, then they load its file."""
+        from ..api import ExtractorData
+
+        urls = source.urls()
+        if not urls:
+            raise GanforgeError(f"metrics: data.source {type(source).__name__} has no image shards to compare with")
+        data = ExtractorData(urls, resolution, channels, self.cache_dir, log)
+        for ex in self.extractors:
+            if hasattr(ex, "prepare"):
+                with acc.main_process_first():
+                    ex.prepare(data)
+            ex.to(acc.device)
+
     def evaluate(self, acc, render, source, resolution: int, channels: int, log=print) -> dict:
         """Every rank calls this; every rank gets the same result dict (numbers plus what produced them)."""
         from accelerate.utils import broadcast_object_list
 
         t0 = time.perf_counter()
-        self.extractor.to(acc.device)
+        self.prepare(acc, source, resolution, channels, log)
         real = self.real_features(acc, source, resolution, channels, log)
         fake = self.fake_features(acc, render)
         box = [None]
         if acc.is_main_process:
             res: dict = {}
-            for m in self.metrics:
-                kind = getattr(m, "input", "features")
-                res |= m.compute(fake[kind], real[kind])
-            res |= {"n": self.cfg.n, "reals": len(real["features"]), "extractor": self.extractor.name,
-                    "checksum": self.extractor.checksum, "seconds": round(time.perf_counter() - t0, 1)}
+            for m, j in zip(self.metrics, self.uses):
+                kinds = _kinds(m)
+                if isinstance(getattr(m, "input", "features"), str):
+                    res |= m.compute(fake[(j, kinds[0])], real[(j, kinds[0])])
+                else:  # several kinds: the metric takes {kind: tensor}
+                    res |= m.compute({k: fake[(j, k)] for k in kinds}, {k: real[(j, k)] for k in kinds})
+            names = [ex.name for ex in self.extractors]
+            sums = [ex.checksum for ex in self.extractors]
+            one = len(names) == 1
+            res |= {"n": self.cfg.n, "reals": len(real[(0, "features")]),
+                    "extractor": names[0] if one else names, "checksum": sums[0] if one else sums,
+                    "seconds": round(time.perf_counter() - t0, 1)}
             box = [res]
         if acc.num_processes > 1:
             broadcast_object_list(box)  # every rank decides the same about the best checkpoint

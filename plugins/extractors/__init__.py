@@ -1,3 +1,4 @@
-"""Feature extractors for metrics: the FID Inception network and any timm model, never downloaded."""
+"""Feature extractors for metrics: the FID Inception network, any timm model (never downloaded), and a classifier
+trained on the dataset's own labels."""
 
-from . import inception, timm_features  # noqa: F401
+from . import classifier, inception, timm_features  # noqa: F401

@@ -1,3 +1,3 @@
 """Metric plugins."""
 
-from . import fid, inception_score, kid, mode_coverage, precision_recall  # noqa: F401
+from . import class_coverage, fid, inception_score, kid, mode_coverage, precision_recall  # noqa: F401
