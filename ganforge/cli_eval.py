@@ -18,24 +18,6 @@ import click
 from .errors import GanforgeError
 
 
-def _metric_blocks(spec: str) -> list:
-    """'fid,kid,pr' or a YAML flow list with plugin blocks: '[fid, {type: pr, k: 5}]'."""
-    if spec.lstrip().startswith("["):
-        import yaml
-
-        try:
-            blocks = yaml.safe_load(spec)
-        except yaml.YAMLError as e:
-            raise GanforgeError(f"--metrics: not a valid YAML list: {' '.join(str(e).split())}") from None
-        if not isinstance(blocks, list) or not blocks:
-            raise GanforgeError("--metrics: expected a non-empty list like [fid, {type: pr, k: 5}]")
-        return blocks
-    names = [s.strip() for s in spec.split(",") if s.strip()]
-    if not names:
-        raise GanforgeError("--metrics: name at least one metric (e.g. fid,kid,pr)")
-    return names
-
-
 def _extractor_spec(text: str):
     """'inception_fid', 'timm:<model>' or a YAML flow mapping '{type: timm, model: ..., weights: ...}'."""
     if not text.lstrip().startswith("{"):
@@ -70,11 +52,11 @@ def evaluate_target(target, metrics, extractor, real, n, reals, batch, seed, cac
     from .apps.artifacts import resolve, warn_skipped
     from .apps.evaluate import Evaluator
     from .apps.export import generator
-    from .metrics_config import MetricsConfig
+    from .metrics_config import MetricsConfig, parse_compute
     from .metrics_config import validate as validate_metrics
 
     src = resolve(target, action="evaluate")
-    cfg = MetricsConfig(compute=_metric_blocks(metrics), extractor=_extractor_spec(extractor), every=1, n=n,
+    cfg = MetricsConfig(compute=parse_compute(metrics), extractor=_extractor_spec(extractor), every=1, n=n,
                         reals=reals, batch=batch, seed=seed, cache_dir=cache_dir)
     m = validate_metrics(cfg, config.check_plugin_block)
     runs_dir = src.run_dir.parent if src.run_dir is not None else Path.home() / ".cache" / "ganforge"

@@ -30,6 +30,26 @@ class MetricsConfig:
     cache_dir: str | None = None  # real-feature cache (default: <runs_dir>/.cache/features)
 
 
+def parse_compute(spec, where: str = "--metrics") -> list:
+    """A command line's metrics: 'fid,kid,pr', or a YAML flow list with plugin blocks '[fid, {type: pr, k: 5}]'."""
+    if isinstance(spec, list):
+        return spec
+    if spec.lstrip().startswith("["):
+        import yaml
+
+        try:
+            blocks = yaml.safe_load(spec)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{where}: not a valid YAML list: {' '.join(str(e).split())}") from None
+        if not isinstance(blocks, list) or not blocks:
+            raise ConfigError(f"{where}: expected a non-empty list like [fid, {{type: pr, k: 5}}]")
+        return blocks
+    names = [s.strip() for s in spec.split(",") if s.strip()]
+    if not names:
+        raise ConfigError(f"{where}: name at least one metric (e.g. fid,kid,pr)")
+    return names
+
+
 def parse_extractor(spec, path: str = "metrics.extractor") -> dict:
     """'inception_fid' | 'timm:<model>' | a plugin block -> a plugin block."""
     if isinstance(spec, dict):

@@ -120,7 +120,7 @@ def test_lab_smoke_through_the_cli(tmp_path):
     assert len(res["runs"]) == 8 and res["samples"] == 500 and all(0 <= r["modes"] <= 8 for r in res["runs"])
     assert (lab / "scatter.png").is_file() and len(list((lab / "scatter").glob("*.png"))) == 8
     assert (lab / "table.md").read_text().startswith("| loss | balancer |")
-    run = lab / "runs" / "003-nonsaturating-skip_d-threshold-0.5-max_skips-2-s1"
+    run = lab / "runs" / "nonsaturating-skip_d-threshold-0.5-max_skips-2-s1"
     recipe = (run / "recipe.yaml").read_text()
     assert "type: skip_d" in recipe and "seed: 1" in recipe
     log = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
@@ -136,7 +136,11 @@ def test_lab_smoke_through_the_cli(tmp_path):
                                            "(did you mean 'threshold'?)"),
     (["--balancer", "adaptive:high=1.5"], "high must be in [0, 1] for signal 'accuracy', got 1.5"),
     (["--seeds", "x"], "--seeds 'x': expected a count"),
-    (["data.source={type: digits}"], "the lab needs a 2D mixture dataset"),
+    (["data.source={type: digits}", "--metric", "mode_coverage"], "mode_coverage: needs a 2D mixture dataset"),
+    (["--metric", "class_coverage"], "'ring8' is a 2D mixture; score it with mode_coverage"),
+    (["--set", "train.g_opt.lrr=1e-4,2e-4"], "train.g_opt.lrr"),
+    (["--set", "train.g_opt.lr"], "expected KEY=VALUE[,VALUE...]"),
+    (["--set", "train.batch_size=8,-1"], "train.batch_size"),
 ])
 def test_lab_errors_are_one_line_and_nothing_runs(tmp_path, capsys, args, needle):
     code, err = main_in_process(capsys, "lab", ROOT / "recipes/lab_ring8.yaml", "--out", tmp_path / "lab", *args)
@@ -186,12 +190,15 @@ def test_run_error_for_bad_augment_value(tmp_path):
 def test_recipe_blocks_are_labelled_by_what_they_are(tmp_path):
     from ganforge.apps.lab import plan
 
-    _, specs = plan(str(ROOT / "recipes/lab_ring8.yaml"), ["balancer={type: skip_d, threshold: 0.5}"], [],
-                    ["recipe", "alternate"], [0, 1], tmp_path)
-    assert [(s.loss.label, s.balancer.label, s.seed) for s in specs] == [
-        ("nonsaturating", "skip_d:threshold=0.5", 0), ("nonsaturating", "skip_d:threshold=0.5", 1),
-        ("nonsaturating", "alternate", 0), ("nonsaturating", "alternate", 1)]
-    assert specs[0].loss.block is None and specs[0].name == "000-nonsaturating-skip_d-threshold-0.5-s0"
+    _, axes, specs = plan(str(ROOT / "recipes/lab_ring8.yaml"), ["balancer={type: skip_d, threshold: 0.5}"],
+                          {"balancer": ["recipe", "alternate"]}, [0, 1], tmp_path)
+    assert [a.label for a in axes] == ["balancer"]
+    assert [(s.settings, s.seed) for s in specs] == [
+        ({"balancer": "skip_d:threshold=0.5"}, 0), ({"balancer": "skip_d:threshold=0.5"}, 1),
+        ({"balancer": "alternate"}, 0), ({"balancer": "alternate"}, 1)]
+    assert axes[0].variants[0].block is None and specs[0].name == "skip_d-threshold-0.5-s0"
+    assert specs[0].recipe.balancer == {"type": "skip_d", "threshold": 0.5}
+    assert specs[2].recipe.balancer["type"] == "alternate"
 
 
 def _strict(text):
@@ -207,7 +214,7 @@ def test_lab_rerun_reuses_runs_and_an_unfinished_run_is_never_scored(tmp_path):
     assert all(r["seconds"] > 0 for r in timed["runs"])
     again = _lab(tmp_path, "--seeds", "2", "--jobs", "1", "--samples", "100")
     assert again.returncode == 0, again.stderr[-3000:]
-    row = next(line for line in again.stdout.splitlines() if line.startswith("nonsaturating "))
+    row = next(line for line in again.stdout.splitlines() if line.startswith("lab_ring8 "))
     assert "resumed or reused" in again.stdout and row.endswith("reused"), again.stdout
     reused = _strict((tmp_path / "lab/results.json").read_text())
     assert all(r["seconds"] is None for r in reused["runs"]) and reused["summary"][0]["seconds"] is None

@@ -9,6 +9,7 @@ Metric and extractor plugins never see the Accelerator.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
@@ -203,9 +204,11 @@ class Evaluator:
         data = ExtractorData(urls, resolution, channels, self.cache_dir, log)
         for ex in self.extractors:
             if hasattr(ex, "prepare"):
-                with acc.main_process_first():
+                # acc None: one process outside any run (the lab prepares once before its workers start)
+                with acc.main_process_first() if acc is not None else contextlib.nullcontext():
                     ex.prepare(data)
-            ex.to(acc.device)
+            if acc is not None:
+                ex.to(acc.device)
 
     def evaluate(self, acc, render, source, resolution: int, channels: int, log=print) -> dict:
         """Every rank calls this; every rank gets the same result dict (numbers plus what produced them)."""
