@@ -35,6 +35,13 @@ def test_watchdog_warns_once_after_patience_and_rearms():
     w.check(5, good)
     assert [len(w.check(i, bad)) for i in range(3)] == [0, 0, 1]
     assert Watchdog(patience=1, start_step=100).check(99, bad) == []  # fresh G: no false alarm
-    won = {"diversity": 0.9, "d_acc_real": 0.999, "d_acc_fake": 0.995}
+    won = {"diversity": 0.9, "d_acc_real": 0.999, "d_acc_fake": 0.995, "d_real": 6.5, "d_fake": -6.0}
     msg = Watchdog(patience=1, start_step=0).check(3, won)
-    assert len(msg) == 1 and "D has won" in msg[0] and "step 3" in msg[0]
+    assert len(msg) == 1 and "D has won" in msg[0] and "step 3" in msg[0] and "margin of 12.5" in msg[0]
+
+
+def test_watchdog_is_quiet_on_a_healthy_confident_d():
+    """The shipped DCGAN's log: D right on ~100% of a batch for most of the run, logits +-2..4, G improving."""
+    w = Watchdog()
+    rows = [{"diversity": 1.0, "d_acc_real": 1.0, "d_acc_fake": 1.0, "d_real": 3.4, "d_fake": -2.0}] * 20
+    assert [m for i, r in enumerate(rows) for m in w.check(200 + 50 * i, r)] == []
