@@ -126,3 +126,21 @@ def test_eval_scores_class_coverage_and_fid_in_one_pass(digits, data_cache, tmp_
     assert res["extractor"] == ["classifier", "timm:test_resnet"] and len(res["checksum"]) == 2
     assert 0 <= res["classes_covered"] <= 10 and res["class_fd_floor"] > 0 and res["fid"] >= 0
     assert res["reals"] == 3000
+
+
+def test_periodic_class_coverage_is_logged_and_picks_the_best_checkpoint(digits, data_cache, tmp_path):
+    r = tiny_recipe(tmp_path, data_cache, name="pcc", **{"data.source.count": 3000, "data.source.shard_size": 1000,
+                                                         "train.kimg": 0.08})
+    r["metrics"] = {"every": 5, "n": 32, "batch": 16, "best": "class_fd_ratio",
+                    "compute": [{"type": "class_coverage", "classifier": {"size": 16, "steps": 450}}]}
+    out = run_cli("run", write_recipe(tmp_path / "r.yaml", r))
+    assert out.returncode == 0, out.stderr[-2000:]
+    run = tmp_path / "runs" / "pcc"
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in rows] == [5, 10] and all(x["extractor"] == "classifier" for x in rows)
+    logged = {json.loads(x)["step"]: json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()}
+    for x in rows:
+        assert logged[x["step"]]["metrics/classes_covered"] == x["classes_covered"]
+        assert logged[x["step"]]["metrics/class_share/0"] == x["class_share/0"]
+    best = json.loads((run / "checkpoints" / "best.json").read_text())
+    assert best["metric"] == "class_fd_ratio" and best["value"] == min(x["class_fd_ratio"] for x in rows)
