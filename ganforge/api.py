@@ -255,3 +255,38 @@ class ExtractorData:
     channels: int
     cache_dir: Path
     log: Callable[[str], None] = print
+
+
+class StyleExtractor:
+    """Images -> named feature maps for style transfer. ``layer_names``: every layer it can return, shallow to
+    deep (a recipe naming another is refused before the run, with this list). Called with images
+    ``[B, 1|3, H, W]`` in about [-1, 1] and the layers wanted, it returns ``{layer: [B, C_l, H_l, W_l]}``,
+    differentiable with respect to the images (the optimised image is trained through it), its own weights
+    frozen. Deterministic; weights from a local file or an installed package, never a download."""
+
+    name: str
+    checksum: str
+    layer_names: tuple[str, ...] = ()
+
+    def to(self, device) -> StyleExtractor:
+        return self
+
+    def __call__(self, images: torch.Tensor, layers) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+
+class StyleLoss:
+    """One term of a style-transfer objective. ``layers``: the extractor layers it reads (empty: it looks at the
+    image only). ``targets(content, style)`` gets the feature maps of the content and style images (dicts by
+    layer) once, before optimisation, and returns what it compares against (detached tensors); ``__call__(image,
+    features, targets)`` returns ``(loss, stats)`` for the optimised image. Stateless: targets are recomputed
+    from the images on resume, so nothing of a term is checkpointed."""
+
+    layers: tuple[str, ...] = ()
+
+    def targets(self, content: dict[str, torch.Tensor], style: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {}
+
+    def __call__(self, image: torch.Tensor, features: dict[str, torch.Tensor],
+                 targets: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Stats]:
+        raise NotImplementedError

@@ -16,7 +16,7 @@ from . import registry
 from .api import PhaseContext, tree_map
 from .config import Recipe
 from .engine import schedule as schedule_mod
-from .errors import ConfigError, GanforgeError
+from .errors import ConfigError, DataError, GanforgeError
 from .tasks.targets import ENGINE_VALUES, resolve_target
 
 
@@ -39,12 +39,36 @@ class Components:
                   *((f"regularizers[{i}]", "regularizer", b) for i, b in enumerate(r.regularizers))]
         return {path: f"{b['type']}: {registry.get(kind, b['type']).source}" for path, kind, b in blocks if b}
 
+    # Blocks whose change makes an existing checkpoint meaningless: resuming with another one is refused.
+    identity = ("model", "data.source")
+
     def make_task(self):
-        # One kind of task today; the seam (setup / plan / end_step / render / state_dict) is what the loop
-        # knows, so a task without a discriminator plugs in here without touching the loop.
+        # The seam (setup / plan / end_step / render / state_dict) is what the loop knows: a task without a
+        # discriminator (tasks/style.py) has components of its own and never touches the loop.
         from .tasks.gan import GANTask
 
         return GANTask(self, self.recipe)
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.recipe.train.channels_last else torch.contiguous_format
+
+    def prepare_data(self, accelerator) -> None:
+        """Embedded datasets write shards on first use: the local main process writes, the others wait for it."""
+        with accelerator.local_main_process_first():
+            self.source.prepare()
+        if self.source.batches(batch_size=1, seed=0, rank=0, world_size=1, start_batch=0) is None \
+                and not self.source.urls():
+            raise DataError("data.source: the dataset produced no shard URLs")  # checked before the run dir exists
+
+    def make_feed(self, accelerator):
+        """The reals D trains on: one stream per schedule stage, split over ranks and workers."""
+        from .engine.feed import Feed
+
+        r, acc = self.recipe, accelerator
+        return Feed(self.source, channels=self.arch.channels, seed=r.seed, rank=acc.process_index,
+                    world_size=acc.num_processes, workers=r.data.workers, xflip=r.data.xflip,
+                    shuffle_buffer=r.data.shuffle_buffer, device=acc.device, memory_format=self.memory_format)
 
     def stage_resolutions(self) -> list[int]:
         fn = getattr(self.arch, "stage_resolutions", None)
@@ -60,7 +84,14 @@ def world_size_from_env() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def build(recipe: Recipe, preflight_check: bool = True) -> Components:
+def build(recipe, preflight_check: bool = True):
+    """Every plugin of the recipe, built once, by the builder of the recipe's task (ganforge/tasks/__init__.py)."""
+    from .tasks import builder
+
+    return builder(recipe.task)(recipe, preflight_check)
+
+
+def build_gan(recipe: Recipe, preflight_check: bool = True) -> Components:
     c = Components(
         recipe=recipe,
         arch=registry.build("architecture", recipe.model, "model"),

@@ -62,6 +62,7 @@ from .cli_data import data  # noqa: E402
 from .cli_eval import eval_cmd  # noqa: E402
 from .cli_lab import lab  # noqa: E402
 from .cli_plugins import plugins_cmd  # noqa: E402
+from .cli_stylize import stylize  # noqa: E402
 from .errors import GanforgeError  # noqa: E402
 
 
@@ -120,6 +121,7 @@ cli.add_command(cli_artifacts.sample)  # ganforge sample / export / info: a fini
 cli.add_command(cli_artifacts.export)
 cli.add_command(cli_artifacts.info)
 cli.add_command(eval_cmd)  # ganforge eval: FID / KID / PR / IS offline
+cli.add_command(stylize)  # ganforge stylize: neural style transfer on the same engine
 
 
 def main(argv=None):

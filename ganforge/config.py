@@ -125,6 +125,8 @@ class Recipe:
     # checked, in this order, on every rank alike.
     imports: list[str] = field(default_factory=list)
 
+    task: typing.ClassVar[str] = "gan"  # not a field: a GAN recipe never needs to say so
+
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         _tuples_to_lists(d)
@@ -296,7 +298,15 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
         raise ConfigError(f"{path}: {e}") from None
 
 
-def validate(raw: dict) -> Recipe:
+def validate(raw: dict):
+    """A raw recipe mapping -> the typed recipe of its ``task:`` (absent: a GAN ``Recipe``)."""
+    from .tasks import validator
+
+    return validator(raw.get("task", "gan"))(raw)
+
+
+def validate_gan(raw: dict) -> Recipe:
+    raw = {k: v for k, v in raw.items() if k != "task"}  # `task: gan` is the default, never written back
     recipe = _build_dataclass(Recipe, raw, "")
     for i, spec in enumerate(recipe.imports):
         try:

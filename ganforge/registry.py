@@ -25,7 +25,8 @@ from typing import Any
 from .errors import PluginError
 
 ENTRY_POINT_GROUP = "ganforge.plugins"
-KINDS = ("architecture", "loss", "regularizer", "balancer", "augment", "metric", "extractor", "dataset")
+KINDS = ("architecture", "loss", "regularizer", "balancer", "augment", "metric", "extractor", "dataset",
+         "style_loss", "style_extractor")
 API_VERSION = 1  # the plugin contract's major version (ganforge.api.API_VERSION); a plugin may set api_version
 BUILTIN = "builtin"
 AUTOLOAD_OFF = "GANFORGE_DISABLE_PLUGIN_AUTOLOAD"

@@ -18,16 +18,23 @@ from . import config
 from .build import build
 from .engine import checkpoint
 from .engine.statefile import describe
-from .errors import DataError, GanforgeError
+from .errors import GanforgeError
 
 
-def _resume_guard(run_dir: Path, recipe: config.Recipe) -> None:
+def _dotted(d: dict, key: str):
+    for k in key.split("."):
+        d = d.get(k) if isinstance(d, dict) else None
+    return d
+
+
+def _resume_guard(run_dir: Path, recipe, identity) -> None:
     """Refuse to resume a run whose model or data changed: its checkpoint would not fit or would mean nothing."""
     saved = yaml.safe_load((run_dir / "recipe.yaml").read_text()) if (run_dir / "recipe.yaml").is_file() else {}
     now = recipe.to_dict()
-    # The model and the dataset define what the checkpoint means; loader options (workers, buffer) may change.
-    for key, old, new in (("model", saved.get("model"), now["model"]),
-                          ("data.source", (saved.get("data") or {}).get("source"), now["data"]["source"])):
+    # The blocks the task names (GAN: the model and the dataset) define what the checkpoint means; loader
+    # options (workers, buffer) may change.
+    for key in identity:
+        old, new = _dotted(saved, key), _dotted(now, key)
         if old is not None and old != new:
             raise GanforgeError(f"{run_dir}: existing checkpoints were made with a different '{key}' block; "
                                 "pass --fresh to start over or set name=... for a new run")
@@ -38,14 +45,6 @@ def _backend(compile_opt: bool | str) -> str | None:
     if isinstance(compile_opt, str):
         return compile_opt
     return "inductor" if compile_opt else None
-
-
-def _prepare_data(accelerator, source) -> None:
-    # Embedded datasets write shards on first use: the local main process writes, the others wait for it.
-    with accelerator.local_main_process_first():
-        source.prepare()
-    if source.batches(batch_size=1, seed=0, rank=0, world_size=1, start_batch=0) is None and not source.urls():
-        raise DataError("data.source: the dataset produced no shard URLs")  # checked before the run dir exists
 
 
 def preempt_marker(run_dir: Path) -> Path:
@@ -154,7 +153,7 @@ def run(recipe_path: str, overrides: list[str], dry_run: bool = False, fresh: bo
                                   project_config=ProjectConfiguration(project_dir=str(run_dir)))
     except ValueError as e:
         raise GanforgeError(f"train.mixed_precision={recipe.train.mixed_precision!r}: {e}") from None
-    _prepare_data(accelerator, components.source)
+    components.prepare_data(accelerator)
 
     from .engine.loop import Trainer
 
@@ -164,7 +163,7 @@ def run(recipe_path: str, overrides: list[str], dry_run: bool = False, fresh: bo
             run_dir.rename(aside)  # never delete a user's run: move it aside
             print(f"--fresh: moved the previous run to {aside}")
         elif checkpoint.checkpoint_dirs(run_dir / "checkpoints"):
-            _resume_guard(run_dir, recipe)
+            _resume_guard(run_dir, recipe, components.identity)
 
     _on_main(accelerator, existing_run, run_dir)  # also the barrier: no rank reads run_dir while rank 0 moves it
     found = checkpoint.load(run_dir / "checkpoints", accelerator.process_index)

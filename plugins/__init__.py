@@ -1,3 +1,13 @@
 """Built-in ganforge plugins. Loaded through the ``ganforge.plugins`` entry point like any third-party package."""
 
-from . import architectures, augment, balancers, datasets, extractors, losses, metrics, regularizers  # noqa: F401
+from . import (  # noqa: F401
+    architectures,
+    augment,
+    balancers,
+    datasets,
+    extractors,
+    losses,
+    metrics,
+    regularizers,
+    style,
+)

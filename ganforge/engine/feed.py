@@ -82,3 +82,23 @@ class Feed:
             print(f"warning: data.workers changed ({state['workers']} -> {self.workers}) since the checkpoint; "
                   "the stream continues in a new random order")
         self.pos_stage, self.samples, self.skipped = state["stage"], state["samples"], state["skipped"]
+
+
+class NoFeed:
+    """The feed of a task that reads no data stream (style transfer optimises one image): nothing to open,
+    nothing consumed, nothing skipped. Same interface as ``Feed`` so the loop treats every task alike."""
+
+    def __init__(self):
+        self.stage, self.batch_size, self.skipped = None, 0, 0
+
+    def open(self, stage: int, resolution: int, batch_size: int) -> None:
+        self.stage, self.batch_size = stage, batch_size
+
+    def next(self):
+        raise RuntimeError("this task reads no data stream")
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass

@@ -13,7 +13,6 @@ from accelerate.utils import set_seed
 from ..errors import GanforgeError
 from . import checkpoint, statefile
 from .diagnostics import Watchdog
-from .feed import Feed
 from .hooks import Hook, run_due
 from .phases import run_phase
 from .runlog import RunLog
@@ -49,13 +48,12 @@ class Trainer:
     def __init__(self, components, accelerator, run_dir: Path):
         r, acc = components.recipe, accelerator
         self.components, self.recipe, self.accelerator, self.run_dir = components, r, acc, run_dir
+        # what applications that score a generator read (lab, periodic evaluation); None for tasks without one
         self.arch, self.source = components.arch, components.source
         self.schedule = components.schedule(acc.num_processes)
         self.state, self.start_step, self.stats = LoopState(), 0, {}
-        fmt = torch.channels_last if r.train.channels_last else torch.contiguous_format
-        self.feed = Feed(self.source, channels=self.arch.channels, seed=r.seed, rank=acc.process_index,
-                         world_size=acc.num_processes, workers=r.data.workers, xflip=r.data.xflip,
-                         shuffle_buffer=r.data.shuffle_buffer, device=acc.device, memory_format=fmt)
+        fmt = components.memory_format
+        self.feed = components.make_feed(acc)  # the task's data stream (one that reads none gets an empty feed)
         self.task = components.make_task()
         self.task.setup(acc, self.feed, self.schedule.at(0.0), fmt)
         set_seed(r.seed, device_specific=True)  # each rank its own latents and noise from here on
@@ -99,11 +97,11 @@ class Trainer:
             self.task.observe(self.step, self.state.last_stats)
 
     def fit(self) -> str:
-        """Train to ``train.kimg``: "done"; "stopped" at ``train.max_steps`` or a hook's request; "preempted" when
-        SIGTERM or SIGUSR1 arrived (every rank stops at the same step, after a checkpoint)."""
+        """Train to the schedule's length (``train.kimg``): "done"; "stopped" at ``train.max_steps`` or a hook's
+        request; "preempted" when SIGTERM or SIGUSR1 arrived (every rank stops at the same step, after a checkpoint)."""
         r = self.recipe
-        self.log = RunLog(self.accelerator, self.run_dir, r.train.kimg, self.state.kimg, r.log.wandb, r.log.progress,
-                          resume_step=self.step)
+        self.log = RunLog(self.accelerator, self.run_dir, self.schedule.total_kimg, self.state.kimg, r.log.wandb,
+                          r.log.progress, resume_step=self.step)
         self._signal = None  # before the handlers: one may run as soon as it is installed
         old = {s: signal.signal(s, self._on_signal) for s in PREEMPT_SIGNALS}
         # A signal during start-up (imports, build, resume) was caught by the CLI's first-line catcher (cli.py),
@@ -118,7 +116,7 @@ class Trainer:
                 # starts at its checkpoint's step (> 0), so the step-0 grid on disk is never rewritten. Same
                 # branch on every rank (the step is), and sample() draws from no training RNG stream.
                 self.sample()
-            while self.state.kimg < r.train.kimg:
+            while self.state.kimg < self.schedule.total_kimg:  # the run's length, as the task counts it
                 before = self.state.kimg
                 self.train_step()
                 if self.state.nonfinite_streak >= r.train.nonfinite_patience:
@@ -135,7 +133,7 @@ class Trainer:
                 # collective).
                 preempted = self.accelerator.check_trigger()
                 at_max = bool(r.train.max_steps and self.step >= r.train.max_steps)
-                if self.state.kimg >= r.train.kimg:
+                if self.state.kimg >= self.schedule.total_kimg:
                     break  # the run is complete even if a signal came in its last step: "done", nothing to requeue
                 if stop or preempted or at_max:
                     if self._saved_step != self.step:

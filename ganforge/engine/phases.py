@@ -14,6 +14,12 @@ Distributed hazards handled here, once:
   which DDP and torch.compile cannot do) gets no all-reduce from DDP, so its gradients are averaged over ranks
   here, in one flat buffer, before the step — otherwise each rank would step with its own gradient and the
   replicas would drift apart.
+
+Optimizers that evaluate the loss more than once per step (L-BFGS's line search) take a closure: a phase with
+``closure=True`` hands ``optimizer.step`` one that re-runs this same forward/backward (all micro-batches, the same
+syncing). Its first call returns the evaluation already made, so the step costs no extra pass; the gradient guard
+looks at that first evaluation. The flag is data the task sets, not a test of the optimizer's type; phases
+without it step exactly as before (a closure would also be refused by fp16's GradScaler).
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ class Phase:
     micro_batches: int = 1
     manual_sync: bool = False  # loss computed through raw (unwrapped) modules: average gradients by hand
     diagnose: Callable[[], dict] | None = None  # extra statistics after backward, on log iterations only
+    closure: bool = False  # optimizer.step(closure) re-evaluates the loss (L-BFGS)
 
 
 def _accumulate(total: dict, stats: dict, n: int) -> None:
@@ -72,30 +79,55 @@ def run_phase(accelerator, phase: Phase, diagnose: bool = False) -> tuple[dict, 
         m.requires_grad_(False)  # no grads for frozen weights: less memory, nothing for their reducer to expect
     for m in phase.trains:
         m.requires_grad_(True)
-    out: dict = {}
-    n = phase.micro_batches
     try:
-        with ExitStack() as frozen:
-            for m in phase.frozen:
-                frozen.enter_context(accelerator.no_sync(m))
-            for i in range(n):
-                with ExitStack() as stack:
-                    if i < n - 1 or phase.manual_sync:
-                        for m in phase.trains:
-                            stack.enter_context(accelerator.no_sync(m))
-                    with accelerator.autocast():
-                        loss, stats = phase.loss_fn(i)
-                    accelerator.backward(loss / n)
-                _accumulate(out, stats, n)
-        if phase.manual_sync:
-            _average_grads(accelerator, [p for m in phase.trains for p in m.parameters()])
+        out, total = _evaluate(accelerator, phase)
         if diagnose and phase.diagnose is not None:
             out.update(phase.diagnose())
         ok = _grads_finite(p for m in phase.trains for p in m.parameters())
-        if ok:
+        if ok and phase.closure:
+            phase.optimizer.step(_closure(accelerator, phase, total))
+        elif ok:
             phase.optimizer.step()
         phase.optimizer.zero_grad(set_to_none=True)  # None, not 0: layers outside a growth stage keep no Adam state
     finally:
         for m in phase.frozen:
             m.requires_grad_(True)
     return out, ok
+
+
+def _evaluate(accelerator, phase: Phase) -> tuple[dict, torch.Tensor]:
+    """One forward/backward of the phase over its micro-batches: gradients in ``.grad``, statistics, and the
+    (detached) total loss."""
+    out: dict = {}
+    total = torch.zeros((), device=accelerator.device)
+    n = phase.micro_batches
+    with ExitStack() as frozen:
+        for m in phase.frozen:
+            frozen.enter_context(accelerator.no_sync(m))
+        for i in range(n):
+            with ExitStack() as stack:
+                if i < n - 1 or phase.manual_sync:
+                    for m in phase.trains:
+                        stack.enter_context(accelerator.no_sync(m))
+                with accelerator.autocast():
+                    loss, stats = phase.loss_fn(i)
+                accelerator.backward(loss / n)
+            _accumulate(out, stats, n)
+            total = total + loss.detach().float() / n
+    if phase.manual_sync:
+        _average_grads(accelerator, [p for m in phase.trains for p in m.parameters()])
+    return out, total
+
+
+def _closure(accelerator, phase: Phase, first: torch.Tensor):
+    """``optimizer.step``'s closure: the evaluation just made on the first call, a fresh one on every later
+    call (zeroed gradients, same forward/backward and syncing)."""
+    pending = [first]
+
+    def closure():
+        if pending:
+            return pending.pop()
+        phase.optimizer.zero_grad(set_to_none=False)
+        return _evaluate(accelerator, phase)[1]
+
+    return closure

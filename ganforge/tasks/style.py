@@ -1,0 +1,185 @@
+"""Style transfer (Gatys et al.) as a task of the engine: the trained parameter is the image.
+
+``build`` turns a style recipe into components (extractor, loss terms, content and style images), once, checking
+every layer name against the extractor before any run directory exists. ``StyleTransferTask`` is one phase, no
+discriminator, no data stream, no EMA: the loop runs it exactly as it runs a GAN (hooks, log.jsonl, samples,
+checkpoint and resume), and L-BFGS gets the closure it needs through the phase (``Phase.closure``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .. import registry
+from ..engine.feed import NoFeed
+from ..engine.phases import Phase
+from ..engine.schedule import Schedule
+from ..errors import ConfigError
+from .style_images import image as load_image
+
+
+@dataclass
+class StyleComponents:
+    recipe: object
+    extractor: object
+    terms: list
+    content: torch.Tensor  # [1, 3, H, W] in [-1, 1]
+    style: torch.Tensor
+    # What applications that score a generator read (lab, periodic evaluation): a style run has neither.
+    arch = None
+    source = None
+    memory_format = torch.contiguous_format
+    # Changing any of these makes the checkpointed image (and optimizer state) mean something else.
+    identity = ("content", "style", "size", "init", "extractor", "optimizer.type")
+
+    def make_task(self):
+        return StyleTransferTask(self)
+
+    def schedule(self, world_size: int) -> Schedule:
+        # Progress is counted in optimisation steps: each step "shows" one image, so the length in the engine's
+        # unit (kimg) is steps / 1000 and step n is at exactly n / 1000 kimg.
+        r = self.recipe
+        return Schedule(r.schedule, total_kimg=r.train.steps / 1000, resolution=max(self.content.shape[-2:]),
+                        batch_size=1, world_size=world_size)
+
+    def prepare_data(self, accelerator) -> None:
+        pass  # the images were read (or drawn) while building
+
+    def make_feed(self, accelerator) -> NoFeed:
+        return NoFeed()
+
+    def provenance(self) -> dict[str, str]:
+        r = self.recipe
+        blocks = [("extractor", "style_extractor", r.extractor),
+                  *((f"losses[{i}]", "style_loss", b) for i, b in enumerate(r.losses))]
+        return {path: f"{b['type']}: {registry.get(kind, b['type']).source}" for path, kind, b in blocks}
+
+
+def build(recipe, preflight_check: bool = True) -> StyleComponents:
+    extractor = registry.build("style_extractor", recipe.extractor, "extractor")
+    terms = [registry.build("style_loss", b, f"losses[{i}]") for i, b in enumerate(recipe.losses)]
+    valid = tuple(extractor.layer_names)
+    for i, term in enumerate(terms):
+        for name in term.layers:
+            if name not in valid:
+                raise ConfigError(f"losses[{i}].layers: unknown layer {name!r} for style_extractor "
+                                  f"{recipe.extractor['type']!r} (valid: {', '.join(valid)})")
+    content = load_image(recipe.content, recipe.size, "content")
+    style = load_image(recipe.style, recipe.size, "style")
+    return StyleComponents(recipe, extractor, terms, content, style)
+
+
+def _fresh(tree):
+    if torch.is_tensor(tree):
+        return tree.clone()
+    if isinstance(tree, dict):
+        return {k: _fresh(v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(_fresh(v) for v in tree)
+    return tree
+
+
+class ImageParam(nn.Module):
+    """The optimised image as the one parameter of a module, so checkpoints, fingerprints and the phase runner
+    handle it like any network's weights."""
+
+    def __init__(self, init: torch.Tensor):
+        super().__init__()
+        # contiguous: gradients take the parameter's layout, and L-BFGS flattens them with .view()
+        self.image = nn.Parameter(init.clone(memory_format=torch.contiguous_format))
+
+
+class StyleTransferTask:
+    needs_stats = False
+
+    def __init__(self, c: StyleComponents):
+        self.c, self.recipe = c, c.recipe
+        self.lr_mult = 1.0
+
+    # ---- build (once per run) ---------------------------------------------------------------------------------
+    def setup(self, accelerator, feed, stage, memory_format=torch.contiguous_format) -> None:
+        r, c, dev = self.recipe, self.c, accelerator.device
+        self.acc, self.extractor = accelerator, c.extractor.to(dev)
+        wanted = {n for t in c.terms for n in t.layers}
+        self.layers = [n for n in self.extractor.layer_names if n in wanted]  # one extractor pass for all terms
+        with torch.no_grad():
+            fc = self.extractor(c.content.to(dev), self.layers)
+            fs = self.extractor(c.style.to(dev), self.layers)
+        self.targets = [t.targets(fc, fs) for t in c.terms]
+        if r.init == "content":
+            init = c.content
+        else:  # white noise of the content's size, from the run's seed without touching the global stream
+            init = torch.randn(c.content.shape, generator=torch.Generator().manual_seed(r.seed)).mul_(0.5)
+        self.module = ImageParam(init).to(dev)
+        o = r.optimizer
+        if o.type == "lbfgs":
+            self.opt = torch.optim.LBFGS(self.module.parameters(), lr=o.learning_rate, max_iter=o.max_iter,
+                                         history_size=o.history_size, line_search_fn="strong_wolfe")
+        else:
+            self.opt = torch.optim.Adam(self.module.parameters(), lr=o.learning_rate)
+        self.schedulers = {"image": torch.optim.lr_scheduler.LambdaLR(self.opt, lambda _: self.lr_mult)}
+        self.set_stage(stage)
+        # closure: L-BFGS evaluates the loss several times per step (line search); Adam steps once
+        self.phase = Phase("stylize", [self.module], self.opt, self._loss, closure=o.type == "lbfgs")
+
+    def _loss(self, i: int):
+        img = self.module.image
+        feats = self.extractor(img, self.layers)
+        total, stats = 0.0, {}
+        for term, target in zip(self.c.terms, self.targets):
+            loss, s = term(img, feats, target)
+            total = total + loss
+            for k, v in s.items():  # two terms of one type (two style layers sets) add up under one name
+                stats[k] = stats[k] + v if k in stats else v
+        stats["loss_total"] = total.detach()
+        return total, stats
+
+    def set_stage(self, stage) -> None:
+        self.lr_mult = stage.lr_mult
+
+    # ---- the step -------------------------------------------------------------------------------------------
+    def plan(self, step: int, stats: dict) -> list[Phase]:
+        return [self.phase]
+
+    def images_this_step(self) -> int:
+        return 1  # progress is counted in steps (see StyleComponents.schedule)
+
+    def end_step(self, kimg: float, next_stage) -> None:
+        with torch.no_grad():
+            self.module.image.clamp_(-1, 1)  # keep it a displayable image (as Gatys' implementations do)
+        self.lr_mult = next_stage.lr_mult
+        for s in self.schedulers.values():
+            s.step()
+
+    def observe(self, step: int, stats: dict) -> None:
+        pass
+
+    def hooks(self) -> list:
+        return []
+
+    def log_stats(self) -> dict:
+        return {"lr": self.opt.param_groups[0]["lr"]}
+
+    # ---- samples and checkpoints ------------------------------------------------------------------------------
+    def render(self) -> torch.Tensor:
+        """The current image ``[1, 3, H, W]`` in [-1, 1]: the run's sample."""
+        return self.module.image.detach().clamp(-1, 1)
+
+    def state_dict(self) -> dict:
+        return {"modules": {"image": self.module.state_dict()}, "optimizers": {"image": self.opt.state_dict()},
+                "schedulers": {n: s.state_dict() for n, s in self.schedulers.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.module.load_state_dict(state["modules"]["image"])
+        # Fresh allocations: tensors read from a checkpoint may sit at any offset of the file's buffer, and a BLAS
+        # dot product over a differently aligned vector sums in another order; L-BFGS's history would then drift
+        # from an uninterrupted run's by an ulp per step.
+        self.opt.load_state_dict(_fresh(state["optimizers"]["image"]))
+        for n, s in self.schedulers.items():
+            s.load_state_dict(state["schedulers"][n])
+
+    def networks(self) -> list:
+        return [self.module]

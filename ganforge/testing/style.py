@@ -1,0 +1,62 @@
+"""Contracts of the style-transfer kinds: ``style_loss`` and ``style_extractor``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ._common import assert_has, build, checking, options
+
+
+def check_style_loss(name: str, /, *, tmp_path: str | Path | None = None, **opts):
+    """``targets`` from content and style feature maps, then a finite scalar loss with scalar stats that is zero
+    when the image already is what the term asks for (its features equal both targets' sources, the image is
+    flat) and larger otherwise, with a finite gradient. Returns the built term."""
+    with checking("style_loss", name) as entry:
+        term = build(entry, options(entry, opts))
+        assert_has(term, ("layers", "targets"), "StyleLoss")
+        assert all(isinstance(n, str) for n in term.layers), f"layers must be names, got {term.layers!r}"
+        g = torch.Generator().manual_seed(0)
+        same = {n: torch.rand(1, 4, 6, 6, generator=g) for n in term.layers}
+        targets = term.targets(same, same)
+        assert all(not t.requires_grad for t in targets.values()), "targets must be detached"
+        flat = torch.zeros(1, 3, 8, 8)
+        zero, stats = term(flat, same, targets)
+        assert zero.dim() == 0 and float(zero) < 1e-6, f"loss must be 0 when the image matches, got {zero}"
+        assert all(v.dim() == 0 for v in stats.values()), f"stats must be scalar tensors: {stats}"
+        other = {n: torch.rand(1, 4, 6, 6, generator=g).requires_grad_(True) for n in term.layers}
+        image = torch.rand(1, 3, 8, 8, generator=g).requires_grad_(True)
+        loss, _ = term(image, other, targets)
+        loss.backward()
+        grads = [t.grad for t in (image, *other.values()) if t.grad is not None]
+        assert torch.isfinite(loss) and float(loss.detach()) > float(zero), f"loss must grow off target, got {loss}"
+        assert grads and all(torch.isfinite(x).all() for x in grads), "the loss must have a finite gradient"
+        return term
+
+
+def check_style_extractor(name: str, /, *, tmp_path: str | Path | None = None, **opts):
+    """Named feature maps ``[B, C, H, W]`` for every layer asked, differentiable w.r.t. the images, deterministic,
+    each image independent of its batch, grey input accepted. Returns the built extractor."""
+    with checking("style_extractor", name) as entry:
+        ext = build(entry, options(entry, opts))
+        assert_has(ext, ("name", "checksum", "layer_names", "to"), "StyleExtractor")
+        layers = tuple(ext.layer_names)
+        assert layers and all(isinstance(n, str) for n in layers), f"layer_names must be names, got {layers!r}"
+        g = torch.Generator().manual_seed(0)
+        x = (torch.rand(2, 3, 32, 32, generator=g) * 2 - 1).requires_grad_(True)
+        out = ext(x, layers)
+        assert set(out) == set(layers), f"asked for {layers}, got {sorted(out)}"
+        for n, f in out.items():
+            assert f.dim() == 4 and f.shape[0] == 2, f"layer {n}: expected [2, C, H, W], got {tuple(f.shape)}"
+        sum(f.float().mean() for f in out.values()).backward()
+        assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0, \
+            "features must be differentiable with respect to the images"
+        with torch.no_grad():
+            again, alone = ext(x, layers[-1:]), ext(x[:1], layers[-1:])
+            n = layers[-1]
+            assert torch.equal(again[n], out[n].detach()), "features must be deterministic"
+            assert torch.allclose(alone[n], out[n][:1].detach(), atol=1e-5), "each image must be independent"
+            grey = ext(x[:, :1].detach(), layers[:1])
+            assert grey[layers[0]].shape[0] == 2, "grey images must be accepted"
+        return ext
