@@ -41,6 +41,7 @@ class Components:
 
     # Blocks whose change makes an existing checkpoint meaningless: resuming with another one is refused.
     identity = ("model", "data.source")
+    progress_unit = ("kimg", 1.0)  # what the progress bar counts, as a multiple of kimg
 
     def make_task(self):
         # The seam (setup / plan / end_step / render / state_dict) is what the loop knows: a task without a

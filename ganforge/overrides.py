@@ -17,7 +17,7 @@ from .errors import ConfigError
 # Dotted paths of plugin blocks (a list's items by index): where ``type`` decides which other keys are valid.
 # Not schedule curves: their keys (start, end, ...) keep their meaning across types.
 _PLUGIN_BLOCK = re.compile(r"^(model|loss|balancer|augment|data\.source|regularizers\.\d+|metrics\.extractor"
-                           r"|metrics\.compute\.\d+)$")
+                           r"|metrics\.compute\.\d+|extractor|losses\.\d+)$")  # the last two: style recipes
 
 
 def parse_override(text: str) -> tuple[str, Any]:

@@ -132,3 +132,39 @@ def test_stylize_errors_are_one_line_exit_2(tmp_path, args, expected):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(expected), lines
     assert not (tmp_path / "runs").exists()  # refused before any run directory
+
+
+def test_timm_extractor_runs_through_the_engine_by_layer_name(tmp_path):
+    """Any timm model by layer name (a tiny random one here; VGG-19 needs weights this machine lacks)."""
+    recipe = _recipe(tmp_path, **{"train.steps": 2, "losses.0.layers": ["act1"],
+                                  "losses.1.layers": ["act1", "layer1"], "losses.1.layer_weights": [1, 1]})
+    recipe.extractor = {"type": "timm", "model": "test_resnet", "random_init": True}
+    trainer = run("<test>", [], recipe=recipe)
+    assert trainer.step == 2 and trainer.task.extractor.layer_names[:2] == ("act1", "layer1")
+
+
+def test_vgg_layers_have_gatys_names():
+    from torch import nn
+
+    from ganforge_plugins.style.timm_layers import _vgg_names
+
+    trunk = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.Conv2d(4, 8, 3), nn.ReLU(), nn.MaxPool2d(2))
+    assert _vgg_names(trunk) == ["conv1_1", "relu1_1", "conv1_2", "relu1_2", "pool1", "conv2_1", "relu2_1", "pool2"]
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["extractor.type=timm"], "error: style_extractor 'timm:vgg19': no weights: nothing in the Hugging Face cache "
+                              "for timm/vgg19.tv_in1k and no weights: file given;"),
+    (["extractor.type=timm", "extractor.model=test_resnet", "extractor.random_init=true"],
+     "error: losses[0].layers: unknown layer 'k3' for style_extractor 'timm' (valid: act1, layer1, layer2, layer3, "
+     "layer4)"),
+])
+def test_timm_extractor_errors_are_one_line_exit_2(tmp_path, args, expected):
+    # the default extractor block's own options (filters: 64) go when its type changes
+    r = run_cli("stylize", *[a for a in TINY if not a.startswith("extractor.")], *args,
+                f"runs_dir={tmp_path / 'runs'}", cwd=tmp_path,
+                env={"HF_HOME": str(tmp_path / "hf")})  # an empty hub cache, whatever this machine holds
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(expected), lines

@@ -101,7 +101,7 @@ class Trainer:
         request; "preempted" when SIGTERM or SIGUSR1 arrived (every rank stops at the same step, after a checkpoint)."""
         r = self.recipe
         self.log = RunLog(self.accelerator, self.run_dir, self.schedule.total_kimg, self.state.kimg, r.log.wandb,
-                          r.log.progress, resume_step=self.step)
+                          r.log.progress, resume_step=self.step, unit=self.components.progress_unit)
         self._signal = None  # before the handlers: one may run as soon as it is installed
         old = {s: signal.signal(s, self._on_signal) for s in PREEMPT_SIGNALS}
         # A signal during start-up (imports, build, resume) was caught by the CLI's first-line catcher (cli.py),

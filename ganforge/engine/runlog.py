@@ -53,7 +53,7 @@ def truncate_jsonl(path: Path, step: int) -> None:
 
 class RunLog:
     def __init__(self, accelerator, run_dir: Path, total_kimg: float, start_kimg: float, use_tracker: bool,
-                 progress: bool, resume_step: int = 0):
+                 progress: bool, resume_step: int = 0, unit: tuple[str, float] = ("kimg", 1.0)):
         self.acc = accelerator
         self.main = accelerator.is_main_process
         self.path = run_dir / "log.jsonl"
@@ -61,10 +61,15 @@ class RunLog:
             self.truncate_after(resume_step)
         self.use_tracker = use_tracker
         self.bar = None
+        # What the progress bar counts: kimg (GANs), or the task's own unit as a multiple of kimg (a style run's
+        # steps: 1000 per kimg, shown as whole numbers)
+        self.unit, self.scale = unit
         if self.main and progress:
             self.total = total_kimg
-            self.bar = tqdm(total=total_kimg, initial=min(start_kimg, total_kimg), unit="kimg",
-                            dynamic_ncols=True, bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} kimg "
+            digits = 1 if self.scale == 1.0 else 0
+            self.bar = tqdm(total=total_kimg * self.scale, initial=min(start_kimg, total_kimg) * self.scale,
+                            unit=self.unit, dynamic_ncols=True,
+                            bar_format=f"{{l_bar}}{{bar}}| {{n:.{digits}f}}/{{total:.{digits}f}} {self.unit} "
                             "[{elapsed}<{remaining}{postfix}]")
         self._t0 = time.perf_counter()
         self._kimg0 = start_kimg
@@ -76,8 +81,10 @@ class RunLog:
 
     def progress(self, kimg: float, step: int) -> None:
         if self.bar is not None:
-            self.bar.update(min(kimg, self.total) - self.bar.n)
-            post = {"step": step} | ({"img/s": f"{self.last_rate:.0f}"} if self.last_rate else {})
+            self.bar.update(min(kimg, self.total) * self.scale - self.bar.n)
+            rate = "img/s" if self.scale == 1.0 else f"{self.unit}/s"
+            post = {"step": step} | ({rate: f"{self.last_rate:.{2 if self.scale != 1.0 else 0}f}"}
+                                     if self.last_rate else {})
             self.bar.set_postfix(post, refresh=False)
 
     def rate(self, kimg: float) -> float:

@@ -34,6 +34,7 @@ class StyleComponents:
     memory_format = torch.contiguous_format
     # Changing any of these makes the checkpointed image (and optimizer state) mean something else.
     identity = ("content", "style", "size", "init", "extractor", "optimizer.type")
+    progress_unit = ("steps", 1000.0)  # one step counts as one image (see schedule)
 
     def make_task(self):
         return StyleTransferTask(self)

@@ -37,7 +37,7 @@ DEFAULT_LOSSES = [
 
 @dataclass
 class StyleTrainConfig:
-    steps: int = 12  # optimisation steps; an L-BFGS step runs optimizer.max_iter iterations
+    steps: int = 10  # optimisation steps; an L-BFGS step runs optimizer.max_iter iterations
     max_steps: int | None = None  # stop early at this step (checkpointed); the run's length is unchanged
     threads: int | None = None  # torch intra-op threads
     deterministic: bool = False  # deterministic algorithms (bit-identical resume on CPU)
