@@ -50,9 +50,9 @@ def _command(argv: list[str]) -> str | None:
     return None
 
 
-# From the first line, before click and long before torch: only for `ganforge run` (other commands keep the
-# default action, so `kill` still stops `ganforge data pack`).
-if _command(sys.argv[1:]) == "run":
+# From the first line, before click and long before torch: only for the commands that train (`run`, `stylize`;
+# other commands keep the default action, so `kill` still stops `ganforge data pack`).
+if _command(sys.argv[1:]) in ("run", "stylize"):
     _catch_preemption()
 
 import click  # noqa: E402

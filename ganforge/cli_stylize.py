@@ -9,6 +9,7 @@ same command again resumes it, or just rewrites the output when it is finished.
 from __future__ import annotations
 
 import re
+import sys
 import time
 from pathlib import Path
 
@@ -83,8 +84,12 @@ def stylize(overrides, recipe_path, content, style, out, size, steps, init, opti
 
     t0 = time.perf_counter()
     trainer = run(recipe_path or "<stylize>", [], fresh=fresh, recipe=recipe)
-    if trainer.accelerator.is_main_process:
+    if trainer.accelerator.is_main_process:  # the current image, also when stopped early (train.max_steps)
         _write_png(trainer.task.render(), Path(out))
         h, w = trainer.task.render().shape[-2:]
         click.echo(f"wrote {out} ({w}x{h}) in {time.perf_counter() - t0:.1f} s; run dir "
                    f"{Path(recipe.runs_dir) / recipe.name}")
+    if trainer.reason == "preempted":  # same contract as `ganforge run`: checkpoint written, run again to resume
+        from .cli import EXIT_PREEMPTED
+
+        sys.exit(EXIT_PREEMPTED)

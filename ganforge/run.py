@@ -40,6 +40,12 @@ def _resume_guard(run_dir: Path, recipe, identity) -> None:
                                 "pass --fresh to start over or set name=... for a new run")
 
 
+def _progress(components, trainer) -> str:
+    """"12.3 kimg" for a GAN; the task's own unit otherwise ("40 steps" for style transfer)."""
+    unit, scale = components.progress_unit
+    return f"{trainer.state.kimg * scale:.{1 if scale == 1.0 else 0}f} {unit}"
+
+
 def _backend(compile_opt: bool | str) -> str | None:
     """train.compile: true -> inductor, a string -> that torch.compile backend, false -> none."""
     if isinstance(compile_opt, str):
@@ -183,7 +189,7 @@ def run(recipe_path: str, overrides: list[str], dry_run: bool = False, fresh: bo
     if found is not None:
         trainer.resume(found)
         if accelerator.is_main_process:
-            print(f"resuming from {found[0]} (step {trainer.step}, {trainer.state.kimg:.1f} kimg)")
+            print(f"resuming from {found[0]} (step {trainer.step}, {_progress(components, trainer)})")
     if evaluator is not None:
         from .apps.periodic_eval import attach
 
@@ -197,5 +203,5 @@ def run(recipe_path: str, overrides: list[str], dry_run: bool = False, fresh: bo
     finally:
         accelerator.end_training()
     if accelerator.is_main_process:
-        print(f"{reason}: step {trainer.step}, {trainer.state.kimg:.1f} kimg, run dir {run_dir}")
+        print(f"{reason}: step {trainer.step}, {_progress(components, trainer)}, run dir {run_dir}")
     return trainer
