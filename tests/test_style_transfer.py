@@ -168,3 +168,12 @@ def test_timm_extractor_errors_are_one_line_exit_2(tmp_path, args, expected):
     assert r.returncode == 2, (r.stdout, r.stderr)
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(expected), lines
+
+
+def test_shipped_recipe_spells_out_the_stylize_defaults():
+    """recipes/style_transfer.yaml and `ganforge stylize` with no --recipe run the same thing."""
+    from conftest import ROOT
+
+    shipped = config.load_recipe(ROOT / "recipes" / "style_transfer.yaml").to_dict()
+    defaults = StyleRecipe().to_dict()
+    assert {**shipped, "name": None} == {**defaults, "name": None}

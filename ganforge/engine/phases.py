@@ -19,7 +19,8 @@ Optimizers that evaluate the loss more than once per step (L-BFGS's line search)
 ``closure=True`` hands ``optimizer.step`` one that re-runs this same forward/backward (all micro-batches, the same
 syncing). Its first call returns the evaluation already made, so the step costs no extra pass; the gradient guard
 looks at that first evaluation. The flag is data the task sets, not a test of the optimizer's type; phases
-without it step exactly as before (a closure would also be refused by fp16's GradScaler).
+without it step exactly as before (a closure would also be refused by fp16's GradScaler). Such a phase's loss
+must depend on the parameters only: one that drew a new batch per call would hand L-BFGS a moving objective.
 """
 
 from __future__ import annotations
