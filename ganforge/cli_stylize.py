@@ -52,14 +52,17 @@ def _write_png(img, out: Path) -> None:
 @click.option("--steps", type=int, help="Optimisation steps (train.steps); L-BFGS runs optimizer.max_iter each.")
 @click.option("--init", type=click.Choice(["content", "noise"]), help="Start from the content image or noise.")
 @click.option("--optimizer", type=click.Choice(["lbfgs", "adam"]), help="L-BFGS (default) or Adam.")
+@click.option("--preserve-colours", "preserve", is_flag=True, default=None,
+              help="Keep the content's colours: only the style's brush strokes (recipe key preserve_colours).")
 @click.option("--fresh", is_flag=True, help="Start over: move an existing run directory aside instead of resuming.")
-def stylize(overrides, recipe_path, content, style, out, size, steps, init, optimizer, fresh):
+def stylize(overrides, recipe_path, content, style, out, size, steps, init, optimizer, preserve, fresh):
     """Repaint CONTENT in the style of STYLE; OVERRIDES are dotted recipe keys such as losses.1.weight=1e4."""
     from . import config
     from .overrides import apply_overrides
 
     flags = [f"{k}={v}" for k, v in (("content", content), ("style", style), ("size", size),
-                                     ("train.steps", steps), ("init", init), ("optimizer.type", optimizer))
+                                     ("train.steps", steps), ("init", init), ("optimizer.type", optimizer),
+                                     ("preserve_colours", "true" if preserve else None))
              if v is not None]
     given = list(overrides)
     if recipe_path is not None:

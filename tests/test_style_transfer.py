@@ -177,3 +177,18 @@ def test_shipped_recipe_spells_out_the_stylize_defaults():
     shipped = config.load_recipe(ROOT / "recipes" / "style_transfer.yaml").to_dict()
     defaults = StyleRecipe().to_dict()
     assert {**shipped, "name": None} == {**defaults, "name": None}
+
+
+def test_preserve_colours_keeps_the_content_hues_and_the_result_luminance():
+    from ganforge.tasks.style_images import _YIQ, keep_colours
+
+    g = torch.Generator().manual_seed(0)
+    result, content = torch.rand(1, 3, 8, 8, generator=g) * 2 - 1, torch.rand(1, 3, 8, 8, generator=g) * 1.2 - 0.6
+    mixed = keep_colours(result, content)
+    yiq = lambda x: torch.einsum("ij,bjhw->bihw", _YIQ, (x + 1) / 2)  # noqa: E731
+    inside = (mixed > -1) & (mixed < 1)  # where nothing was clipped back into [-1, 1]
+    assert inside.all(dim=1).float().mean() > 0.5
+    keep = inside.all(dim=1, keepdim=True)
+    assert torch.allclose(yiq(mixed)[:, :1][keep], yiq(result)[:, :1][keep], atol=1e-5)
+    assert torch.allclose(yiq(mixed)[:, 1:][keep.expand(-1, 2, -1, -1)],
+                          yiq(content)[:, 1:][keep.expand(-1, 2, -1, -1)], atol=1e-5)

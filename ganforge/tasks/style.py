@@ -19,6 +19,7 @@ from ..engine.phases import Phase
 from ..engine.schedule import Schedule
 from ..errors import ConfigError
 from .style_images import image as load_image
+from .style_images import keep_colours
 
 
 @dataclass
@@ -166,8 +167,10 @@ class StyleTransferTask:
 
     # ---- samples and checkpoints ------------------------------------------------------------------------------
     def render(self) -> torch.Tensor:
-        """The current image ``[1, 3, H, W]`` in [-1, 1]: the run's sample."""
-        return self.module.image.detach().clamp(-1, 1)
+        """The current image ``[1, 3, H, W]`` in [-1, 1]: the run's sample (and ``ganforge stylize --out``), with
+        the content's colours when ``preserve_colours`` (the optimised image itself keeps the style's)."""
+        img = self.module.image.detach().clamp(-1, 1)
+        return keep_colours(img, self.c.content) if self.recipe.preserve_colours else img
 
     def state_dict(self) -> dict:
         return {"modules": {"image": self.module.state_dict()}, "optimizers": {"image": self.opt.state_dict()},

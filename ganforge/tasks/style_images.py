@@ -83,3 +83,18 @@ def image(path: str | None, size: int, what: str) -> torch.Tensor:
     if path is not None:
         return load_image(path, size, what)
     return to_tensor(embedded_content() if what == "content" else embedded_style(), size)
+
+
+# RGB <-> YIQ (NTSC): Y is luminance, I and Q carry the colour
+_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.595716, -0.274453, -0.321263], [0.211456, -0.522591, 0.311135]])
+
+
+def keep_colours(result: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
+    """The result's luminance with the content's colours (Gatys et al. 2016, "Preserving Color in Neural Artistic
+    Style Transfer", luminance-only variant applied to the output): the style's brush strokes, the photo's hues.
+    Both ``[B, 3, H, W]`` in [-1, 1]; returns the same."""
+    m = _YIQ.to(result)
+    yiq_r = torch.einsum("ij,bjhw->bihw", m, (result + 1) / 2)
+    yiq_c = torch.einsum("ij,bjhw->bihw", m, (content.to(result) + 1) / 2)
+    mixed = torch.cat([yiq_r[:, :1], yiq_c[:, 1:]], dim=1)
+    return (torch.einsum("ij,bjhw->bihw", torch.linalg.inv(m), mixed) * 2 - 1).clamp(-1, 1)

@@ -72,6 +72,7 @@ class StyleRecipe:
     style: str | None = None
     size: int = 128  # the output's longer side in pixels (the content's aspect ratio is kept)
     init: Literal["content", "noise"] = "content"
+    preserve_colours: bool = False  # the result's luminance with the content's colours (samples and --out)
     # 64 filters per scale rather than the paper's 128: half the arithmetic, and as clearly stylised here
     extractor: dict = field(default_factory=lambda: {"type": "random_multiscale", "filters": 64})
     losses: list[dict] = field(default_factory=lambda: [dict(b) for b in DEFAULT_LOSSES])
