@@ -8,6 +8,7 @@ same command again resumes it, or just rewrites the output when it is finished.
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 import time
@@ -18,12 +19,10 @@ import click
 from .errors import GanforgeError
 
 
-def _name(content: str | None, style: str | None) -> str:
+def _name(content: str | None, styles: tuple[str, ...]) -> str:
     """A run per content/style pair, so stylising another image never collides with an earlier run's checkpoint."""
-    if content is None and style is None:
-        return "stylize"
-    stems = [Path(p).stem if p else "embedded" for p in (content, style)]
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", f"stylize-{stems[0]}-{stems[1]}")
+    stems = [Path(content).stem if content else "embedded", "_".join(Path(p).stem for p in styles) or "embedded"]
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", f"stylize-{stems[0]}-{stems[1]}")[:100]
 
 
 def _write_png(img, out: Path) -> None:
@@ -46,7 +45,10 @@ def _write_png(img, out: Path) -> None:
 @click.option("--recipe", "recipe_path", metavar="YAML", help="A style recipe (recipes/style_transfer.yaml); "
               "default: the built-in defaults.")
 @click.option("--content", metavar="IMAGE", help="Image whose layout is kept (default: an embedded scene).")
-@click.option("--style", metavar="IMAGE", help="Image whose texture and colours are copied (default: embedded).")
+@click.option("--style", "styles", metavar="IMAGE", multiple=True,
+              help="Image whose texture and colours are copied (default: embedded); repeat to blend several.")
+@click.option("--style-weight", "style_weights", type=float, multiple=True, metavar="W",
+              help="Weight of each --style, in order (default: equal).")
 @click.option("--out", "out", default="stylized.png", show_default=True, metavar="PNG", help="Where the result goes.")
 @click.option("--size", type=int, help="Longer side of the output in pixels (recipe key size).")
 @click.option("--steps", type=int, help="Optimisation steps (train.steps); L-BFGS runs optimizer.max_iter each.")
@@ -55,12 +57,17 @@ def _write_png(img, out: Path) -> None:
 @click.option("--preserve-colours", "preserve", is_flag=True, default=None,
               help="Keep the content's colours: only the style's brush strokes (recipe key preserve_colours).")
 @click.option("--fresh", is_flag=True, help="Start over: move an existing run directory aside instead of resuming.")
-def stylize(overrides, recipe_path, content, style, out, size, steps, init, optimizer, preserve, fresh):
+def stylize(overrides, recipe_path, content, styles, style_weights, out, size, steps, init, optimizer, preserve,
+            fresh):
     """Repaint CONTENT in the style of STYLE; OVERRIDES are dotted recipe keys such as losses.1.weight=1e4."""
     from . import config
     from .overrides import apply_overrides
 
-    flags = [f"{k}={v}" for k, v in (("content", content), ("style", style), ("size", size),
+    # paths as JSON strings (valid YAML): a file named 123 or yes.png stays a path, not a number or a boolean
+    style = json.dumps(styles[0] if len(styles) == 1 else list(styles)) if styles else None
+    weights = json.dumps(list(style_weights)) if style_weights else None
+    flags = [f"{k}={v}" for k, v in (("content", json.dumps(content) if content else None), ("style", style),
+                                     ("style_weights", weights), ("size", size),
                                      ("train.steps", steps), ("init", init), ("optimizer.type", optimizer),
                                      ("preserve_colours", "true" if preserve else None))
              if v is not None]
@@ -75,8 +82,8 @@ def stylize(overrides, recipe_path, content, style, out, size, steps, init, opti
         raw, where = StyleRecipe().to_dict(), ""  # the defaults spelt out, so losses.1.weight=... has a target
     if raw.get("task") != "style_transfer":
         raise GanforgeError(f"{where}task: `ganforge stylize` takes a style recipe (task: style_transfer)")
-    if not any(o.split("=", 1)[0].strip() == "name" for o in given) and (content or style):
-        raw["name"] = _name(content, style)
+    if not any(o.split("=", 1)[0].strip() == "name" for o in given) and (content or styles):
+        raw["name"] = _name(content, styles)
     apply_overrides(raw, flags + given)
     try:
         recipe = config.validate(raw)

@@ -6,11 +6,14 @@ import json
 import numpy as np
 import pytest
 import torch
+from accelerate import Accelerator
 from conftest import ckpt_tensors, run_cli
 from PIL import Image
 
 from ganforge import config, registry
+from ganforge.build import build
 from ganforge.run import run
+from ganforge.tasks.style_images import load_image
 from ganforge.tasks.style_recipe import StyleRecipe
 from ganforge_plugins.style.losses import content_distance, gram, style_distance, total_variation
 
@@ -111,11 +114,15 @@ TINY = ["--size", "24", "--steps", "2", "extractor.filters=8", "log.progress=fal
 def test_stylize_cli_end_to_end_on_grey_and_rgba_inputs(tmp_path):
     content, style = _png(tmp_path / "c.png", "L", (30, 20)), _png(tmp_path / "s.png", "RGBA", (16, 16))
     out = tmp_path / "out" / "o.png"
-    r = run_cli("stylize", "--content", content, "--style", style, "--out", out, *TINY,
-                f"runs_dir={tmp_path / 'runs'}", cwd=tmp_path)
+    style2 = _png(tmp_path / "s2.png", "RGB", (20, 20))
+    r = run_cli("stylize", "--content", content, "--style", style, "--style", style2, "--style-weight", "3",
+                "--style-weight", "1", "--out", out, *TINY, f"runs_dir={tmp_path / 'runs'}", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert Image.open(out).size == (24, 16)  # longer side 24, the content's 3:2 aspect kept
-    assert (tmp_path / "runs" / "stylize-c-s" / "log.jsonl").is_file()  # a run per content/style pair
+    run_dir = tmp_path / "runs" / "stylize-c-s_s2"  # a run per content/style pair
+    assert (run_dir / "log.jsonl").is_file()
+    saved = config.load_recipe(run_dir / "recipe.yaml")
+    assert saved.style == [str(style), str(style2)] and saved.style_weights == [3.0, 1.0]
 
 
 @pytest.mark.parametrize("args, expected", [
@@ -192,3 +199,18 @@ def test_preserve_colours_keeps_the_content_hues_and_the_result_luminance():
     assert torch.allclose(yiq(mixed)[:, :1][keep], yiq(result)[:, :1][keep], atol=1e-5)
     assert torch.allclose(yiq(mixed)[:, 1:][keep.expand(-1, 2, -1, -1)],
                           yiq(content)[:, 1:][keep.expand(-1, 2, -1, -1)], atol=1e-5)
+
+
+def test_blended_styles_average_the_targets(tmp_path):
+    """Weights [1, 0] give exactly the first style's run; [1, 1] a Gram target halfway between the two."""
+    a, b = _png(tmp_path / "a.png", "RGB", (32, 32)), _png(tmp_path / "bb.png", "RGB", (32, 32))
+    one = run("<test>", [], recipe=_recipe(tmp_path / "1", **{"style": str(a), "train.steps": 2}))
+    blend = run("<test>", [], recipe=_recipe(tmp_path / "2", **{"style": [str(a), str(b)], "style_weights": [1, 0],
+                                                                "train.steps": 2}))
+    assert torch.equal(one.task.render(), blend.task.render())
+    half = _recipe(tmp_path / "3", **{"style": [str(a), str(b)], "style_weights": [1, 1]})
+    task = build(half).make_task()
+    task.setup(Accelerator(cpu=True), None, build(half).schedule(1).at(0.0))
+    ext, layers = task.extractor, task.layers
+    grams = [gram(ext(load_image(str(p), 32, "style"), layers)["k5"]) for p in (a, b)]
+    assert torch.allclose(task.targets[1]["k5"], (grams[0] + grams[1]) / 2)

@@ -28,7 +28,8 @@ class StyleComponents:
     extractor: object
     terms: list
     content: torch.Tensor  # [1, 3, H, W] in [-1, 1]
-    style: torch.Tensor
+    styles: list  # [1, 3, H, W] each; their targets are blended by style_weights (summing to 1)
+    style_weights: list
     # What applications that score a generator read (lab, periodic evaluation): a style run has neither.
     arch = None
     source = None
@@ -70,8 +71,16 @@ def build(recipe, preflight_check: bool = True) -> StyleComponents:
                 raise ConfigError(f"losses[{i}].layers: unknown layer {name!r} for style_extractor "
                                   f"{recipe.extractor['type']!r} (valid: {', '.join(valid)})")
     content = load_image(recipe.content, recipe.size, "content")
-    style = load_image(recipe.style, recipe.size, "style")
-    return StyleComponents(recipe, extractor, terms, content, style)
+    paths = recipe.style if isinstance(recipe.style, list) else [recipe.style]
+    styles = [load_image(p, recipe.size, "style") for p in paths]
+    weights = recipe.style_weights or [1.0] * len(styles)
+    return StyleComponents(recipe, extractor, terms, content, styles, [w / sum(weights) for w in weights])
+
+
+def _blend(targets: list[dict], weights: list[float]) -> dict:
+    if len(targets) == 1:
+        return targets[0]
+    return {k: sum(w * t[k] for w, t in zip(weights, targets)) for k in targets[0]}
 
 
 def _fresh(tree):
@@ -109,8 +118,10 @@ class StyleTransferTask:
         self.layers = [n for n in self.extractor.layer_names if n in wanted]  # one extractor pass for all terms
         with torch.no_grad():
             fc = self.extractor(c.content.to(dev), self.layers)
-            fs = self.extractor(c.style.to(dev), self.layers)
-        self.targets = [t.targets(fc, fs) for t in c.terms]
+            fs = [self.extractor(s.to(dev), self.layers) for s in c.styles]
+        # Several styles: each term's targets blended by weight (Gram matrices averaged, as in jcjohnson's
+        # neural-style); with one style the weight is 1 and the targets are exactly the term's.
+        self.targets = [_blend([t.targets(fc, f) for f in fs], c.style_weights) for t in c.terms]
         if r.init == "content":
             init = c.content
         else:  # white noise of the content's size, from the run's seed without touching the global stream

@@ -69,7 +69,8 @@ class StyleRecipe:
     task: Literal["style_transfer"] = "style_transfer"
     name: str = "stylize"
     content: str | None = None  # image file (any size, grey/RGBA converted to RGB); None: the embedded one
-    style: str | None = None
+    style: str | list[str] | None = None  # one image, or several blended by style_weights; None: the embedded one
+    style_weights: list[float] | None = None  # one per style image (normalised to sum 1); None: equal
     size: int = 128  # the output's longer side in pixels (the content's aspect ratio is kept)
     init: Literal["content", "noise"] = "content"
     preserve_colours: bool = False  # the result's luminance with the content's colours (samples and --out)
@@ -124,6 +125,12 @@ def validate(raw: dict) -> StyleRecipe:
             raise ConfigError(f"{name}.every: a style run counts steps: give every >= 1 (and no every_kimg)")
     if recipe.schedule.stages or recipe.schedule.values:
         raise ConfigError("schedule: a style run has one stage and no scheduled values (only schedule.lr)")
+    n = len(recipe.style) if isinstance(recipe.style, list) else 1
+    if isinstance(recipe.style, list) and not recipe.style:
+        raise ConfigError("style: give at least one image (or null for the embedded one)")
+    w = recipe.style_weights
+    if w is not None and (len(w) != n or any(x < 0 for x in w) or sum(w) <= 0):
+        raise ConfigError(f"style_weights: need {n} weight(s) >= 0 (one per style image) with a positive sum, got {w}")
     if recipe.seed < 0 or recipe.seed >= 2**32:
         raise ConfigError(f"seed: must be in [0, 2**32), got {recipe.seed}")
     return recipe
