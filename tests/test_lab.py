@@ -225,3 +225,15 @@ def test_lab_rerun_reuses_runs_and_an_unfinished_run_is_never_scored(tmp_path):
     err = short.stderr.strip()
     assert short.returncode != 0 and "stopped at step 2 before the end of its schedule" in err, err
     assert len(err.splitlines()) == 1 and not (tmp_path / "short/results.json").exists()
+
+
+def test_set_values_split_at_top_level_commas_only():
+    from ganforge.apps.lab import parse_set, split_values
+
+    assert split_values("1e-4,2e-4") == ["1e-4", "2e-4"]
+    assert split_values("[0.5, 0.99],[0.0, 0.99]") == ["[0.5, 0.99]", "[0.0, 0.99]"]
+    assert split_values("null,{type: diffaugment, policy: 'color,translation'}") == [
+        "null", "{type: diffaugment, policy: 'color,translation'}"]
+    axis = parse_set("train.g_opt.lr=1e-4,2e-4")
+    assert axis.label == "train.g_opt.lr" and [v.override for v in axis.variants] == [
+        "train.g_opt.lr=1e-4", "train.g_opt.lr=2e-4"]

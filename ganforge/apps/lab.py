@@ -100,7 +100,10 @@ def split_values(text: str) -> list[str]:
     """``1e-4,2e-4`` -> two values; commas inside brackets stay (``[0.5, 0.99],[0.0, 0.99]`` is two lists)."""
     out, depth, cur = [], 0, ""
     for ch in text:
-        depth += ch in "[{" and 1 or (ch in "]}" and -1 or 0)
+        if ch in "[{":
+            depth += 1
+        elif ch in "]}":
+            depth -= 1
         if ch == "," and depth == 0:
             out.append(cur.strip())
             cur = ""
