@@ -305,9 +305,8 @@ def validate(raw: dict):
     return validator(raw.get("task", "gan"))(raw)
 
 
-def validate_gan(raw: dict) -> Recipe:
-    raw = {k: v for k, v in raw.items() if k != "task"}  # `task: gan` is the default, never written back
-    recipe = _build_dataclass(Recipe, raw, "")
+def check_common(recipe) -> None:
+    """What every task's recipe shares: its ``imports`` load (plugins first), its ``name`` can name a run dir."""
     for i, spec in enumerate(recipe.imports):
         try:
             registry.import_recipe_module(spec, f"imports[{i}]")
@@ -315,6 +314,12 @@ def validate_gan(raw: dict) -> Recipe:
             raise ConfigError(str(e)) from None
     if not re.match(r"^[A-Za-z0-9_.-]+$", recipe.name):
         raise ConfigError(f"name: {recipe.name!r} must be letters, digits, '_', '-', '.' (it names the run dir)")
+
+
+def validate_gan(raw: dict) -> Recipe:
+    raw = {k: v for k, v in raw.items() if k != "task"}  # `task: gan` is the default, never written back
+    recipe = _build_dataclass(Recipe, raw, "")
+    check_common(recipe)
     recipe.model = check_plugin_block("architecture", recipe.model, "model")
     recipe.loss = check_plugin_block("loss", recipe.loss, "loss")
     recipe.balancer = check_plugin_block("balancer", recipe.balancer, "balancer")

@@ -8,7 +8,6 @@ arguments; recipes/style_transfer.yaml spells them out.
 from __future__ import annotations
 
 import dataclasses
-import re
 import typing
 from dataclasses import dataclass, field
 from typing import Literal
@@ -19,10 +18,11 @@ from ..config import (
     SampleConfig,
     _build_dataclass,
     _tuples_to_lists,
+    check_common,
     check_plugin_block,
 )
 from ..engine.schedule import ScheduleConfig
-from ..errors import ConfigError, PluginError
+from ..errors import ConfigError
 
 # Layers of the default extractor (random_multiscale): content at the two finest scales keeps edges and layout;
 # style at every scale. Gram entries are means over C*H*W, hence tiny: the style weight makes the two terms
@@ -95,16 +95,8 @@ class StyleRecipe:
 
 
 def validate(raw: dict) -> StyleRecipe:
-    from .. import registry
-
     recipe = _build_dataclass(StyleRecipe, raw, "")
-    for i, spec in enumerate(recipe.imports):
-        try:
-            registry.import_recipe_module(spec, f"imports[{i}]")
-        except PluginError as e:
-            raise ConfigError(str(e)) from None
-    if not re.match(r"^[A-Za-z0-9_.-]+$", recipe.name):
-        raise ConfigError(f"name: {recipe.name!r} must be letters, digits, '_', '-', '.' (it names the run dir)")
+    check_common(recipe)
     recipe.extractor = check_plugin_block("style_extractor", recipe.extractor, "extractor")
     if not recipe.losses:
         raise ConfigError("losses: give at least one loss term (content, gram, total_variation)")

@@ -51,6 +51,45 @@ def _read_weights(p: Path, where: str) -> dict:
     return sd
 
 
+def build_timm(model: str, weights: str | None, random_init: bool, seed: int, where: str,
+               hint: str = "weights: /path/model.safetensors") -> tuple[torch.nn.Module, str]:
+    """A timm model and the checksum of its weights (the metric and the style extractor share this): random init
+    (tests), ``weights`` (a local file), or an existing hub cache; never a download. ``hint``: the option to
+    name in the missing-weights error."""
+    import timm
+
+    kind = where.split(" ")[0]
+    if model not in timm.list_models():
+        close = difflib.get_close_matches(model, timm.list_models(), n=3, cutoff=0.6)
+        more = f"; did you mean {', '.join(close)}?" if close else " (see timm.list_models())"
+        raise PluginError(f"{kind} 'timm': unknown timm model {model!r}{more}")
+    if random_init and weights is not None:
+        raise ValueError("give either weights or random_init: true, not both")
+    if random_init:
+        with torch.random.fork_rng(devices=[]):  # building must not shift the caller's random stream
+            torch.manual_seed(seed)
+            return timm.create_model(model, pretrained=False), f"random-init:seed{seed}"
+    with torch.device("meta"):  # no random init of parameters the weights replace at once
+        net = timm.create_model(model, pretrained=False)
+    hub_id = (net.pretrained_cfg or {}).get("hf_hub_id")
+    p = Path(weights).expanduser() if weights is not None else (_cached_hub_file(hub_id) if hub_id else None)
+    if p is None:
+        raise PluginError(f"{where}: no weights: nothing in the Hugging Face cache for {hub_id or model} and no "
+                          f"weights: file given; fetch once where there is internet (timm.create_model('{model}', "
+                          f"pretrained=True)) and copy ~/.cache/huggingface here, or set {hint}")
+    if not p.is_file():
+        raise PluginError(f"{where}: weights {p}: no such file")
+    sd = _read_weights(p, where)
+    try:
+        net.load_state_dict(sd, assign=True)
+    except RuntimeError as e:
+        first = str(e).split("\n\t")[1] if "\n\t" in str(e) else str(e)
+        raise PluginError(f"{where}: weights {p} do not fit the model: {first.strip()[:200]}") from None
+    if any(t.is_meta for t in (*net.parameters(), *net.buffers())):
+        raise PluginError(f"{where}: weights {p} leave part of the model unset")
+    return net, sha256_of(p)
+
+
 @register("extractor", "timm")
 class TimmFeatures(Extractor):
     """A timm model's pooled pre-logit features (+ logits if it has a classifier). ``model``: a timm name (e.g.
@@ -58,38 +97,9 @@ class TimmFeatures(Extractor):
 
     def __init__(self, model: str = "", weights: str | None = None, random_init: bool = False, seed: int = 0,
                  input_size: int | None = None):
-        import timm
-
-        where = f"extractor 'timm:{model}'"
-        if model not in timm.list_models():
-            close = difflib.get_close_matches(model, timm.list_models(), n=3, cutoff=0.6)
-            hint = f"; did you mean {', '.join(close)}?" if close else " (see timm.list_models())"
-            raise PluginError(f"extractor 'timm': unknown timm model {model!r}{hint}")
-        if random_init and weights is not None:
-            raise ValueError("give either weights or random_init: true, not both")
-        with torch.random.fork_rng(devices=[]):  # building must not shift the caller's random stream
-            torch.manual_seed(seed)
-            self.net = timm.create_model(model, pretrained=False).eval()
+        net, self.checksum = build_timm(model, weights, random_init, seed, f"extractor 'timm:{model}'")
+        self.net = net.eval()
         cfg = self.net.pretrained_cfg or {}
-        if random_init:
-            self.checksum = f"random-init:seed{seed}"
-        else:
-            hub_id = cfg.get("hf_hub_id")
-            p = Path(weights).expanduser() if weights is not None else (_cached_hub_file(hub_id) if hub_id else None)
-            if p is None:
-                raise PluginError(
-                    f"{where}: no weights: nothing in the Hugging Face cache for {hub_id or model} and no "
-                    f"weights: file given; fetch once where there is internet (timm.create_model('{model}', "
-                    "pretrained=True)) and copy ~/.cache/huggingface here, or set weights: /path/model.safetensors")
-            if not p.is_file():
-                raise PluginError(f"{where}: weights {p}: no such file")
-            sd = _read_weights(p, where)
-            try:
-                self.net.load_state_dict(sd)
-            except RuntimeError as e:
-                first = str(e).split("\n\t")[1] if "\n\t" in str(e) else str(e)
-                raise PluginError(f"{where}: weights {p} do not fit the model: {first.strip()[:200]}") from None
-            self.checksum = sha256_of(p)
         self.name = f"timm:{model}"
         size = input_size or cfg.get("input_size", (3, 224, 224))[-1]
         self.size = int(size)

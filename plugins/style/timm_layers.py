@@ -9,18 +9,13 @@ the network untrained (tests only: its Gram matrices mean nothing).
 
 from __future__ import annotations
 
-import difflib
-from pathlib import Path
-
 import torch
 from torch import nn
 
 from ganforge.api import StyleExtractor
-from ganforge.errors import PluginError
 from ganforge.registry import register
 
-from ..extractors.common import sha256_of
-from ..extractors.timm_features import _cached_hub_file, _read_weights
+from ..extractors.timm_features import build_timm
 
 
 def _vgg_names(features: nn.Sequential) -> list[str]:
@@ -40,36 +35,6 @@ def _vgg_names(features: nn.Sequential) -> list[str]:
     return names
 
 
-def _build(model: str, weights: str | None, random_init: bool, seed: int, where: str):
-    import timm
-
-    if random_init:
-        with torch.random.fork_rng(devices=[]):  # building must not shift the run's random stream
-            torch.manual_seed(seed)
-            return timm.create_model(model, pretrained=False), f"random-init:seed{seed}"
-    cfg = timm.models.get_pretrained_cfg(model) if hasattr(timm.models, "get_pretrained_cfg") else None
-    hub_id = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
-    p = Path(weights).expanduser() if weights is not None else (_cached_hub_file(hub_id) if hub_id else None)
-    if p is None:
-        raise PluginError(f"{where}: no weights: nothing in the Hugging Face cache for {hub_id or model} and no "
-                          f"weights: file given; fetch once where there is internet (timm.create_model('{model}', "
-                          "pretrained=True)) and copy ~/.cache/huggingface here, or set extractor.weights: "
-                          "/path/model.safetensors (or use extractor.type=random_multiscale, which needs none)")
-    if not p.is_file():
-        raise PluginError(f"{where}: weights {p}: no such file")
-    sd = _read_weights(p, where)
-    with torch.device("meta"):  # no random init of ~140M parameters that the weights replace at once
-        net = timm.create_model(model, pretrained=False)
-    try:
-        net.load_state_dict(sd, assign=True)
-    except RuntimeError as e:
-        first = str(e).split("\n\t")[1] if "\n\t" in str(e) else str(e)
-        raise PluginError(f"{where}: weights {p} do not fit the model: {first.strip()[:200]}") from None
-    if any(t.is_meta for t in (*net.parameters(), *net.buffers())):
-        raise PluginError(f"{where}: weights {p} leave part of the model unset")
-    return net, sha256_of(p)
-
-
 @register("style_extractor", "timm")
 class TimmLayers(StyleExtractor):
     """Feature maps of a timm model by layer name: ``model`` (default vgg19, layers conv1_1 ... relu5_4,
@@ -79,16 +44,10 @@ class TimmLayers(StyleExtractor):
     contract_options = {"model": "test_resnet", "random_init": True}
 
     def __init__(self, model: str = "vgg19", weights: str | None = None, random_init: bool = False, seed: int = 0):
-        import timm
-
         where = f"style_extractor 'timm:{model}'"
-        if model not in timm.list_models():
-            close = difflib.get_close_matches(model, timm.list_models(), n=3, cutoff=0.6)
-            hint = f"; did you mean {', '.join(close)}?" if close else " (see timm.list_models())"
-            raise PluginError(f"style_extractor 'timm': unknown timm model {model!r}{hint}")
-        if random_init and weights is not None:
-            raise ValueError("give either weights or random_init: true, not both")
-        net, self.checksum = _build(model, weights, random_init, seed, where)
+        net, self.checksum = build_timm(model, weights, random_init, seed, where,
+                                        hint="extractor.weights: /path/model.safetensors (or use "
+                                        "extractor.type=random_multiscale, which needs none)")
         net = net.eval().requires_grad_(False)  # frozen: only the image is trained through it
         for m in net.modules():
             if isinstance(m, nn.ReLU):
