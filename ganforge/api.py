@@ -290,3 +290,14 @@ class StyleLoss:
     def __call__(self, image: torch.Tensor, features: dict[str, torch.Tensor],
                  targets: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Stats]:
         raise NotImplementedError
+
+
+class StyleNetwork:
+    """The image-transform network of a fast stylizer (Johnson et al. 2016), trained once per style and then applied
+    in one forward pass. ``build()`` returns a fresh ``nn.Module`` (the task seeds the RNG first, so every rank
+    builds the same weights) mapping images ``[B, 3, H, W]`` in [-1, 1] to stylised images of the same shape in
+    [-1, 1], for any H and W; each image independent of the others in its batch (no batch statistics), the same
+    in train and eval mode. Its weights are checkpointed like any module's."""
+
+    def build(self) -> nn.Module:
+        raise NotImplementedError

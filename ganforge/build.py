@@ -55,21 +55,11 @@ class Components:
         return torch.channels_last if self.recipe.train.channels_last else torch.contiguous_format
 
     def prepare_data(self, accelerator) -> None:
-        """Embedded datasets write shards on first use: the local main process writes, the others wait for it."""
-        with accelerator.local_main_process_first():
-            self.source.prepare()
-        if self.source.batches(batch_size=1, seed=0, rank=0, world_size=1, start_batch=0) is None \
-                and not self.source.urls():
-            raise DataError("data.source: the dataset produced no shard URLs")  # checked before the run dir exists
+        prepare_source(self.source, accelerator)
 
     def make_feed(self, accelerator):
         """The reals D trains on: one stream per schedule stage, split over ranks and workers."""
-        from .engine.feed import Feed
-
-        r, acc = self.recipe, accelerator
-        return Feed(self.source, channels=self.arch.channels, seed=r.seed, rank=acc.process_index,
-                    world_size=acc.num_processes, workers=r.data.workers, xflip=r.data.xflip,
-                    shuffle_buffer=r.data.shuffle_buffer, device=acc.device, memory_format=self.memory_format)
+        return image_feed(self.source, self.recipe, accelerator, self.arch.channels, self.memory_format)
 
     def stage_resolutions(self) -> list[int]:
         fn = getattr(self.arch, "stage_resolutions", None)
@@ -79,6 +69,25 @@ class Components:
         r = self.recipe
         return schedule_mod.Schedule(r.schedule, total_kimg=r.train.kimg, resolution=self.arch.resolution,
                                      batch_size=r.train.batch_size, world_size=world_size)
+
+
+def prepare_source(source, accelerator) -> None:
+    """Embedded datasets write shards on first use: the local main process writes, the others wait for it.
+    Shared by every task that reads a ``data:`` stream."""
+    with accelerator.local_main_process_first():
+        source.prepare()
+    if source.batches(batch_size=1, seed=0, rank=0, world_size=1, start_batch=0) is None and not source.urls():
+        raise DataError("data.source: the dataset produced no shard URLs")  # checked before the run dir exists
+
+
+def image_feed(source, recipe, accelerator, channels: int, memory_format=torch.contiguous_format):
+    """The feed of a recipe's ``data:`` block: one stream per schedule stage, split over ranks and workers."""
+    from .engine.feed import Feed
+
+    r, acc = recipe, accelerator
+    return Feed(source, channels=channels, seed=r.seed, rank=acc.process_index, world_size=acc.num_processes,
+                workers=r.data.workers, xflip=r.data.xflip, shuffle_buffer=r.data.shuffle_buffer, device=acc.device,
+                memory_format=memory_format)
 
 
 def world_size_from_env() -> int:

@@ -1,4 +1,5 @@
-"""``ganforge stylize``: neural style transfer (Gatys et al.) through the engine's own loop.
+"""``ganforge stylize``: neural style transfer (Gatys et al.) through the engine's own loop, or, with ``--model RUN``,
+a trained fast stylizer applied to an image or a folder (``apps/stylize_model.py``).
 
 With no arguments it repaints an embedded scene in an embedded style with random multi-scale filters (no weights to
 fetch). Flags are shorthands for recipe keys (``--size 256`` is ``size=256``); dotted overrides work as for
@@ -25,31 +26,18 @@ def _name(content: str | None, styles: tuple[str, ...]) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", f"stylize-{stems[0]}-{stems[1]}")[:100]
 
 
-def _write_png(img, out: Path) -> None:
-    import numpy as np
-    from PIL import Image
-
-    arr = ((img[0].float().cpu().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(np.ascontiguousarray(arr)).save(tmp)
-        tmp.replace(out)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise GanforgeError(f"--out {out}: cannot write it ({e.strerror or e})") from None
-
-
 @click.command("stylize", context_settings={"ignore_unknown_options": True})
 @click.argument("overrides", nargs=-1)
 @click.option("--recipe", "recipe_path", metavar="YAML", help="A style recipe (recipes/style_transfer.yaml); "
               "default: the built-in defaults.")
-@click.option("--content", metavar="IMAGE", help="Image whose layout is kept (default: an embedded scene).")
+@click.option("--content", metavar="IMAGE", help="Image whose layout is kept (default: an embedded scene); with "
+              "--model, an image or a folder of images.")
 @click.option("--style", "styles", metavar="IMAGE", multiple=True,
               help="Image whose texture and colours are copied (default: embedded); repeat to blend several.")
 @click.option("--style-weight", "style_weights", type=float, multiple=True, metavar="W",
               help="Weight of each --style, in order (default: equal).")
-@click.option("--out", "out", default="stylized.png", show_default=True, metavar="PNG", help="Where the result goes.")
+@click.option("--out", "out", metavar="PNG", help="Where the result goes (default stylized.png; with --model and a "
+              "folder, a folder: stylized/).")
 @click.option("--size", type=int, help="Longer side of the output in pixels (recipe key size).")
 @click.option("--steps", type=int, help="Optimisation steps (train.steps); L-BFGS runs optimizer.max_iter each.")
 @click.option("--init", type=click.Choice(["content", "noise"]), help="Start from the content image or noise.")
@@ -57,9 +45,22 @@ def _write_png(img, out: Path) -> None:
 @click.option("--preserve-colours", "preserve", is_flag=True, default=None,
               help="Keep the content's colours: only the style's brush strokes (recipe key preserve_colours).")
 @click.option("--fresh", is_flag=True, help="Start over: move an existing run directory aside instead of resuming.")
+@click.option("--model", metavar="RUN", help="A trained fast stylizer (its run dir or a checkpoint dir): stylise "
+              "--content in one pass instead of optimising an image.")
+@click.option("--batch", type=int, default=8, show_default=True, help="With --model: images per forward pass.")
+@click.option("--device", default="cpu", show_default=True, help="With --model: cpu, cuda, cuda:1 ...")
 def stylize(overrides, recipe_path, content, styles, style_weights, out, size, steps, init, optimizer, preserve,
-            fresh):
+            fresh, model, batch, device):
     """Repaint CONTENT in the style of STYLE; OVERRIDES are dotted recipe keys such as losses.1.weight=1e4."""
+    if model is not None:
+        given = {"--recipe": recipe_path, "--style": styles, "--style-weight": style_weights, "--steps": steps,
+                 "--init": init, "--optimizer": optimizer, "--fresh": fresh,
+                 overrides[0] if overrides else "": overrides}
+        bad = next((k for k, v in given.items() if v), None)
+        if bad is not None:  # they configure an optimisation; a trained network has its style baked in
+            raise GanforgeError(f"{bad}: not with --model (the trained network's style and settings are fixed)")
+        return _apply(model, content, out, size, batch, preserve, device)
+    out = out or "stylized.png"
     from . import config
     from .overrides import apply_overrides
 
@@ -91,11 +92,12 @@ def stylize(overrides, recipe_path, content, styles, style_weights, out, size, s
         raise type(e)(f"{where}{e}") from None
 
     from .run import run
+    from .tasks.style_images import save_image
 
     t0 = time.perf_counter()
     trainer = run(recipe_path or "<stylize>", [], fresh=fresh, recipe=recipe)
     if trainer.accelerator.is_main_process:  # the current image, also when stopped early (train.max_steps)
-        _write_png(trainer.task.render(), Path(out))
+        save_image(trainer.task.render(), Path(out))
         h, w = trainer.task.render().shape[-2:]
         click.echo(f"wrote {out} ({w}x{h}) in {time.perf_counter() - t0:.1f} s; run dir "
                    f"{Path(recipe.runs_dir) / recipe.name}")
@@ -103,3 +105,20 @@ def stylize(overrides, recipe_path, content, styles, style_weights, out, size, s
         from .cli import EXIT_PREEMPTED
 
         sys.exit(EXIT_PREEMPTED)
+
+
+def _apply(model, content, out, size, batch, preserve, device) -> None:
+    """``--model``: the trained network over --content (default: the embedded scene, written to a temp file)."""
+    import tempfile
+
+    from .apps.stylize_model import load_stylizer, stylize_files
+
+    stylizer = load_stylizer(model, device)
+    with tempfile.TemporaryDirectory() as tmp:
+        if content is None:
+            from .tasks.style_images import embedded_content
+
+            content = str(Path(tmp) / "embedded.png")
+            embedded_content().save(content)
+        stylize_files(stylizer, content, out, size=size, batch=batch, preserve_colours=bool(preserve),
+                      log=click.echo)

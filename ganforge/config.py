@@ -103,8 +103,17 @@ class CheckpointConfig:
     keep: int = 3
 
 
+class RecipeDict:
+    """``to_dict`` for every task's recipe dataclass: plain lists and dicts, as YAML and overrides want them."""
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        _tuples_to_lists(d)
+        return d
+
+
 @dataclass
-class Recipe:
+class Recipe(RecipeDict):
     name: str
     model: dict
     loss: dict = field(default_factory=lambda: {"type": "nonsaturating"})
@@ -127,10 +136,15 @@ class Recipe:
 
     task: typing.ClassVar[str] = "gan"  # not a field: a GAN recipe never needs to say so
 
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        _tuples_to_lists(d)
-        return d
+    def data_resolution(self) -> int:
+        """The resolution the data stream is read at, the model's (``ganforge run --data FOLDER`` packs at it)."""
+        from .errors import DataError
+
+        arch = registry.build("architecture", self.model, "model")
+        shape = tuple(getattr(arch, "sample_shape", (arch.channels, arch.resolution, arch.resolution)))
+        if len(shape) != 3:
+            raise DataError(f"--data: model {self.model['type']!r} does not generate images")
+        return arch.resolution
 
 
 # plugin blocks: dotted path -> registry kind
@@ -334,6 +348,16 @@ def validate_gan(raw: dict) -> Recipe:
     return recipe
 
 
+def check_intervals(r) -> None:
+    """log/sample/checkpoint intervals of a task that counts kimg: in steps, in kimg, or both."""
+    for name in ("log", "sample", "checkpoint"):
+        block = getattr(r, name)
+        if block.every < 0 or (block.every == 0 and block.every_kimg is None):
+            raise ConfigError(f"{name}.every: must be > 0 (or 0 with {name}.every_kimg set), got {block.every}")
+        if block.every_kimg is not None and block.every_kimg <= 0:
+            raise ConfigError(f"{name}.every_kimg: must be > 0, got {block.every_kimg}")
+
+
 def _check_ranges(r: Recipe):
     positive = {"train.batch_size": r.train.batch_size, "train.grad_accum": r.train.grad_accum,
                 "sample.n": r.sample.n, "checkpoint.keep": r.checkpoint.keep,
@@ -341,12 +365,7 @@ def _check_ranges(r: Recipe):
     for path, v in positive.items():
         if v <= 0:
             raise ConfigError(f"{path}: must be > 0, got {v}")
-    for name in ("log", "sample", "checkpoint"):
-        block = getattr(r, name)
-        if block.every < 0 or (block.every == 0 and block.every_kimg is None):
-            raise ConfigError(f"{name}.every: must be > 0 (or 0 with {name}.every_kimg set), got {block.every}")
-        if block.every_kimg is not None and block.every_kimg <= 0:
-            raise ConfigError(f"{name}.every_kimg: must be > 0, got {block.every_kimg}")
+    check_intervals(r)
     if not 0 < r.train.rollback_lr_factor <= 1:
         raise ConfigError(f"train.rollback_lr_factor: must be in (0, 1], got {r.train.rollback_lr_factor}")
     if r.train.max_rollbacks < 0:

@@ -26,7 +26,7 @@ from .errors import PluginError
 
 ENTRY_POINT_GROUP = "ganforge.plugins"
 KINDS = ("architecture", "loss", "regularizer", "balancer", "augment", "metric", "extractor", "dataset",
-         "style_loss", "style_extractor")
+         "style_loss", "style_extractor", "style_network")
 API_VERSION = 1  # the plugin contract's major version (ganforge.api.API_VERSION); a plugin may set api_version
 BUILTIN = "builtin"
 AUTOLOAD_OFF = "GANFORGE_DISABLE_PLUGIN_AUTOLOAD"

@@ -9,7 +9,8 @@ from conftest import ROOT
 
 from ganforge import config
 
-PLUGIN_BLOCKS = ("model", "loss", "balancer", "augment", "source", "regularizers", "extractor", "compute")
+PLUGIN_BLOCKS = ("model", "loss", "balancer", "augment", "source", "regularizers", "extractor", "compute",
+                 "network")
 
 
 def _keys(d, prefix=""):

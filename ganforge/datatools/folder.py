@@ -19,7 +19,6 @@ import json
 import os
 import re
 
-from .. import registry
 from ..errors import DataError
 from ..fileio import cache_root
 from .pack import IMAGE_EXTS, PackOptions, pack, scan
@@ -138,16 +137,15 @@ def source_for(spec: str, resolution: int, *, prepare: bool = True, progress: bo
 
 
 def use_data(recipe, spec: str, *, prepare: bool = True, rename: bool = True) -> None:
-    """Point ``recipe`` (validated) at ``--data spec``, at the resolution of its model. ``rename``: the run is
+    """Point ``recipe`` (validated) at ``--data spec``, at the resolution it streams at. ``rename``: the run is
     called ``<recipe name>-<data name>`` (runs/dcgan-photos), so training on your images never tries to resume
     the recipe's own run (whose data differs, which resuming refuses)."""
     from ..config import check_plugin_block
 
-    arch = registry.build("architecture", recipe.model, "model")
-    shape = tuple(getattr(arch, "sample_shape", (arch.channels, arch.resolution, arch.resolution)))
-    if len(shape) != 3:
-        raise DataError(f"--data: model {recipe.model['type']!r} does not generate images")
-    block, name = source_for(spec, arch.resolution, prepare=prepare, progress=recipe.log.progress)
+    resolution = getattr(recipe, "data_resolution", None)  # each task's recipe says what it streams at
+    if resolution is None:
+        raise DataError(f"--data: a {recipe.task} recipe reads no data stream (it has no data.source)")
+    block, name = source_for(spec, resolution(), prepare=prepare, progress=recipe.log.progress)
     recipe.data.source = check_plugin_block("dataset", block, "data.source")
     if rename:
         recipe.name = f"{recipe.name}-{name}"

@@ -17,6 +17,7 @@ from ..errors import ConfigError
 TASKS = {
     "gan": ("ganforge.config:validate_gan", "ganforge.build:build_gan"),
     "style_transfer": ("ganforge.tasks.style_recipe:validate", "ganforge.tasks.style:build"),
+    "fast_style": ("ganforge.tasks.fast_style_recipe:validate", "ganforge.tasks.fast_style:build"),
 }
 
 

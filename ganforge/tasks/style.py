@@ -14,10 +14,12 @@ import torch
 from torch import nn
 
 from .. import registry
+from ..build import world_size_from_env
 from ..engine.feed import NoFeed
 from ..engine.phases import Phase
 from ..engine.schedule import Schedule
 from ..errors import ConfigError
+from .single_phase import SinglePhaseTask
 from .style_images import image as load_image
 from .style_images import keep_colours
 
@@ -61,7 +63,9 @@ class StyleComponents:
         return {path: f"{b['type']}: {registry.get(kind, b['type']).source}" for path, kind, b in blocks}
 
 
-def build(recipe, preflight_check: bool = True) -> StyleComponents:
+def build_terms(recipe) -> tuple[object, list]:
+    """The extractor and loss terms of a style recipe (Gatys' or the fast stylizer's), every layer a term names
+    checked against the extractor's."""
     extractor = registry.build("style_extractor", recipe.extractor, "extractor")
     terms = [registry.build("style_loss", b, f"losses[{i}]") for i, b in enumerate(recipe.losses)]
     valid = tuple(extractor.layer_names)
@@ -70,27 +74,48 @@ def build(recipe, preflight_check: bool = True) -> StyleComponents:
             if name not in valid:
                 raise ConfigError(f"losses[{i}].layers: unknown layer {name!r} for style_extractor "
                                   f"{recipe.extractor['type']!r} (valid: {', '.join(valid)})")
-    content = load_image(recipe.content, recipe.size, "content")
+    return extractor, terms
+
+
+def style_images(recipe, size: int) -> tuple[list, list[float]]:
+    """The style image(s) at ``size`` and their weights, normalised to sum 1."""
     paths = recipe.style if isinstance(recipe.style, list) else [recipe.style]
-    styles = [load_image(p, recipe.size, "style") for p in paths]
+    styles = [load_image(p, size, "style") for p in paths]
     weights = recipe.style_weights or [1.0] * len(styles)
-    return StyleComponents(recipe, extractor, terms, content, styles, [w / sum(weights) for w in weights])
+    return styles, [w / sum(weights) for w in weights]
 
 
-def _blend(targets: list[dict], weights: list[float]) -> dict:
+def build(recipe, preflight_check: bool = True) -> StyleComponents:
+    if world_size_from_env() > 1:
+        # One image, optimised by L-BFGS: there is no batch to split, and N processes would each redo the same
+        # run (and on GPUs drift apart by rounding, which the checkpoint's rank check then reports as a bug).
+        raise ConfigError("task style_transfer optimises one image and cannot be split over processes: run it in "
+                          "one process (the fast stylizer, task fast_style, trains on several)")
+    extractor, terms = build_terms(recipe)
+    content = load_image(recipe.content, recipe.size, "content")
+    styles, weights = style_images(recipe, recipe.size)
+    return StyleComponents(recipe, extractor, terms, content, styles, weights)
+
+
+def blend(targets: list[dict], weights: list[float]) -> dict:
+    """Several styles: each term's targets averaged by weight (Gram matrices averaged, as in jcjohnson's
+    neural-style); with one style the weight is 1 and the targets are exactly the term's."""
     if len(targets) == 1:
         return targets[0]
     return {k: sum(w * t[k] for w, t in zip(weights, targets)) for k in targets[0]}
 
 
-def _fresh(tree):
-    if torch.is_tensor(tree):
-        return tree.clone()
-    if isinstance(tree, dict):
-        return {k: _fresh(v) for k, v in tree.items()}
-    if isinstance(tree, (list, tuple)):
-        return type(tree)(_fresh(v) for v in tree)
-    return tree
+def score(terms: list, targets: list[dict], image: torch.Tensor, feats: dict) -> tuple[torch.Tensor, dict]:
+    """The summed loss of every term and their statistics (plus ``loss_total``), for the optimised image (Gatys)
+    or a batch of stylised images (the fast stylizer)."""
+    total, stats = 0.0, {}
+    for term, target in zip(terms, targets):
+        loss, s = term(image, feats, target)
+        total = total + loss
+        for k, v in s.items():  # two terms of one type (two style layers sets) add up under one name
+            stats[k] = stats[k] + v if k in stats else v
+    stats["loss_total"] = total.detach()
+    return total, stats
 
 
 class ImageParam(nn.Module):
@@ -103,12 +128,9 @@ class ImageParam(nn.Module):
         self.image = nn.Parameter(init.clone(memory_format=torch.contiguous_format))
 
 
-class StyleTransferTask:
-    needs_stats = False
-
+class StyleTransferTask(SinglePhaseTask):
     def __init__(self, c: StyleComponents):
         self.c, self.recipe = c, c.recipe
-        self.lr_mult = 1.0
 
     # ---- build (once per run) ---------------------------------------------------------------------------------
     def setup(self, accelerator, feed, stage, memory_format=torch.contiguous_format) -> None:
@@ -119,9 +141,7 @@ class StyleTransferTask:
         with torch.no_grad():
             fc = self.extractor(c.content.to(dev), self.layers)
             fs = [self.extractor(s.to(dev), self.layers) for s in c.styles]
-        # Several styles: each term's targets blended by weight (Gram matrices averaged, as in jcjohnson's
-        # neural-style); with one style the weight is 1 and the targets are exactly the term's.
-        self.targets = [_blend([t.targets(fc, f) for f in fs], c.style_weights) for t in c.terms]
+        self.targets = [blend([t.targets(fc, f) for f in fs], c.style_weights) for t in c.terms]
         if r.init == "content":
             init = c.content
         else:  # white noise of the content's size, from the run's seed without touching the global stream
@@ -129,72 +149,31 @@ class StyleTransferTask:
         self.module = ImageParam(init).to(dev)
         o = r.optimizer
         if o.type == "lbfgs":
-            self.opt = torch.optim.LBFGS(self.module.parameters(), lr=o.learning_rate, max_iter=o.max_iter,
-                                         history_size=o.history_size, line_search_fn="strong_wolfe")
+            opt = torch.optim.LBFGS(self.module.parameters(), lr=o.learning_rate, max_iter=o.max_iter,
+                                    history_size=o.history_size, line_search_fn="strong_wolfe")
         else:
-            self.opt = torch.optim.Adam(self.module.parameters(), lr=o.learning_rate)
-        self.schedulers = {"image": torch.optim.lr_scheduler.LambdaLR(self.opt, lambda _: self.lr_mult)}
-        self.set_stage(stage)
+            opt = torch.optim.Adam(self.module.parameters(), lr=o.learning_rate)
         # closure: L-BFGS evaluates the loss several times per step (line search); Adam steps once
-        self.phase = Phase("stylize", [self.module], self.opt, self._loss, closure=o.type == "lbfgs")
+        phase = Phase("stylize", [self.module], opt, self._loss, closure=o.type == "lbfgs")
+        # the checkpoint holds the image and the whole L-BFGS state (curvature history, last direction and step)
+        self.attach("image", self.module, opt, phase, stage)
 
     def _loss(self, i: int):
         img = self.module.image
-        feats = self.extractor(img, self.layers)
-        total, stats = 0.0, {}
-        for term, target in zip(self.c.terms, self.targets):
-            loss, s = term(img, feats, target)
-            total = total + loss
-            for k, v in s.items():  # two terms of one type (two style layers sets) add up under one name
-                stats[k] = stats[k] + v if k in stats else v
-        stats["loss_total"] = total.detach()
-        return total, stats
-
-    def set_stage(self, stage) -> None:
-        self.lr_mult = stage.lr_mult
+        return score(self.c.terms, self.targets, img, self.extractor(img, self.layers))
 
     # ---- the step -------------------------------------------------------------------------------------------
-    def plan(self, step: int, stats: dict) -> list[Phase]:
-        return [self.phase]
-
     def images_this_step(self) -> int:
         return 1  # progress is counted in steps (see StyleComponents.schedule)
 
     def end_step(self, kimg: float, next_stage) -> None:
         with torch.no_grad():
             self.module.image.clamp_(-1, 1)  # keep it a displayable image (as Gatys' implementations do)
-        self.lr_mult = next_stage.lr_mult
-        for s in self.schedulers.values():
-            s.step()
+        super().end_step(kimg, next_stage)
 
-    def observe(self, step: int, stats: dict) -> None:
-        pass
-
-    def hooks(self) -> list:
-        return []
-
-    def log_stats(self) -> dict:
-        return {"lr": self.opt.param_groups[0]["lr"]}
-
-    # ---- samples and checkpoints ------------------------------------------------------------------------------
+    # ---- samples ----------------------------------------------------------------------------------------------
     def render(self) -> torch.Tensor:
         """The current image ``[1, 3, H, W]`` in [-1, 1]: the run's sample (and ``ganforge stylize --out``), with
         the content's colours when ``preserve_colours`` (the optimised image itself keeps the style's)."""
         img = self.module.image.detach().clamp(-1, 1)
         return keep_colours(img, self.c.content) if self.recipe.preserve_colours else img
-
-    def state_dict(self) -> dict:
-        return {"modules": {"image": self.module.state_dict()}, "optimizers": {"image": self.opt.state_dict()},
-                "schedulers": {n: s.state_dict() for n, s in self.schedulers.items()}}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.module.load_state_dict(state["modules"]["image"])
-        # Fresh allocations: tensors read from a checkpoint may sit at any offset of the file's buffer, and a BLAS
-        # dot product over a differently aligned vector sums in another order; L-BFGS's history would then drift
-        # from an uninterrupted run's by an ulp per step.
-        self.opt.load_state_dict(_fresh(state["optimizers"]["image"]))
-        for n, s in self.schedulers.items():
-            s.load_state_dict(state["schedulers"][n])
-
-    def networks(self) -> list:
-        return [self.module]

@@ -19,17 +19,25 @@ from ..errors import GanforgeError
 _DRAW = 256  # the embedded images are drawn at this size, then resized like a user's file
 
 
-def to_tensor(img: Image.Image, size: int, longer_side: bool = True) -> torch.Tensor:
-    """PIL image -> ``[1, 3, H, W]`` in [-1, 1], its longer side resized to ``size`` (aspect ratio kept)."""
-    img = img.convert("RGB")  # grey, palette and RGBA (alpha dropped) alike: the extractors take RGB
-    w, h = img.size
+def scaled_size(w: int, h: int, size: int | None) -> tuple[int, int]:
+    """(w, h) with the longer side ``size`` and the aspect ratio kept; unchanged when ``size`` is None."""
+    if size is None:
+        return w, h
     scale = size / max(w, h)
-    img = img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.LANCZOS)
+    return max(1, round(w * scale)), max(1, round(h * scale))
+
+
+def to_tensor(img: Image.Image, size: int | None) -> torch.Tensor:
+    """PIL image -> ``[1, 3, H, W]`` in [-1, 1], its longer side resized to ``size`` (aspect ratio kept; None: the
+    image's own size)."""
+    img = img.convert("RGB")  # grey, palette and RGBA (alpha dropped) alike: the extractors take RGB
+    if size is not None:
+        img = img.resize(scaled_size(*img.size, size), Image.Resampling.LANCZOS)
     arr = torch.from_numpy(np.asarray(img, dtype=np.float32).copy()).permute(2, 0, 1)
     return (arr / 127.5 - 1).unsqueeze(0).contiguous()
 
 
-def load_image(path: str, size: int, what: str) -> torch.Tensor:
+def load_image(path: str, size: int | None, what: str) -> torch.Tensor:
     """A user's image file; a missing or unreadable one is one line naming it and the option."""
     p = Path(path).expanduser()
     if not p.is_file():
@@ -41,6 +49,20 @@ def load_image(path: str, size: int, what: str) -> torch.Tensor:
     except (UnidentifiedImageError, OSError, ValueError) as e:
         raise GanforgeError(f"{what} image {p}: cannot read it as an image ({' '.join(str(e).split())[:160]})") \
             from None
+
+
+def save_image(img: torch.Tensor, out: Path) -> None:
+    """``[1, 3, H, W]`` in [-1, 1] -> an image file (format from the suffix), written atomically: a reader never
+    sees half a file. A failure is one line naming ``--out``."""
+    arr = ((img[0].float().cpu().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+    tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.ascontiguousarray(arr)).save(tmp)
+        tmp.replace(out)
+    except (OSError, ValueError) as e:  # ValueError: a suffix PIL has no writer for
+        tmp.unlink(missing_ok=True)
+        raise GanforgeError(f"--out {out}: cannot write it ({getattr(e, 'strerror', None) or e})") from None
 
 
 def embedded_content() -> Image.Image:

@@ -7,7 +7,6 @@ arguments; recipes/style_transfer.yaml spells them out.
 
 from __future__ import annotations
 
-import dataclasses
 import typing
 from dataclasses import dataclass, field
 from typing import Literal
@@ -15,9 +14,9 @@ from typing import Literal
 from ..config import (
     CheckpointConfig,
     LogConfig,
+    RecipeDict,
     SampleConfig,
     _build_dataclass,
-    _tuples_to_lists,
     check_common,
     check_plugin_block,
 )
@@ -65,7 +64,7 @@ class StyleOptimizerConfig:
 
 
 @dataclass
-class StyleRecipe:
+class StyleRecipe(RecipeDict):
     task: Literal["style_transfer"] = "style_transfer"
     name: str = "stylize"
     content: str | None = None  # image file (any size, grey/RGBA converted to RGB); None: the embedded one
@@ -88,33 +87,20 @@ class StyleRecipe:
     imports: list[str] = field(default_factory=list)
     metrics: typing.ClassVar[None] = None  # no periodic evaluation: there is no generator to score
 
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        _tuples_to_lists(d)
-        return d
 
-
-def validate(raw: dict) -> StyleRecipe:
-    recipe = _build_dataclass(StyleRecipe, raw, "")
+def check_style_blocks(recipe, minimums: dict) -> None:
+    """What both style tasks (Gatys' and the fast stylizer) check alike: imports and name, the extractor and loss
+    blocks, the style images and their weights, the seed, a schedule of lr only, and ``minimums`` (dotted path ->
+    (value, lowest allowed)). Each failure is one line naming the field."""
     check_common(recipe)
     recipe.extractor = check_plugin_block("style_extractor", recipe.extractor, "extractor")
     if not recipe.losses:
         raise ConfigError("losses: give at least one loss term (content, gram, total_variation)")
     recipe.losses = [check_plugin_block("style_loss", b, f"losses[{i}]") for i, b in enumerate(recipe.losses)]
-    checks = {"size": (recipe.size, 8), "train.steps": (recipe.train.steps, 1),
-              "optimizer.max_iter": (recipe.optimizer.max_iter, 1),
-              "optimizer.history_size": (recipe.optimizer.history_size, 1),
-              "train.nonfinite_patience": (recipe.train.nonfinite_patience, 1),
-              "checkpoint.keep": (recipe.checkpoint.keep, 1)}
-    for path, (v, low) in checks.items():
+    for path, (v, low) in {**minimums, "train.nonfinite_patience": (recipe.train.nonfinite_patience, 1),
+                           "checkpoint.keep": (recipe.checkpoint.keep, 1)}.items():
         if v < low:
             raise ConfigError(f"{path}: must be >= {low}, got {v}")
-    if recipe.optimizer.lr is not None and recipe.optimizer.lr <= 0:
-        raise ConfigError(f"optimizer.lr: must be > 0, got {recipe.optimizer.lr}")
-    for name in ("log", "sample", "checkpoint"):
-        block = getattr(recipe, name)
-        if block.every < 1 or block.every_kimg is not None:
-            raise ConfigError(f"{name}.every: a style run counts steps: give every >= 1 (and no every_kimg)")
     if recipe.schedule.stages or recipe.schedule.values:
         raise ConfigError("schedule: a style run has one stage and no scheduled values (only schedule.lr)")
     n = len(recipe.style) if isinstance(recipe.style, list) else 1
@@ -125,4 +111,17 @@ def validate(raw: dict) -> StyleRecipe:
         raise ConfigError(f"style_weights: need {n} weight(s) >= 0 (one per style image) with a positive sum, got {w}")
     if recipe.seed < 0 or recipe.seed >= 2**32:
         raise ConfigError(f"seed: must be in [0, 2**32), got {recipe.seed}")
+
+
+def validate(raw: dict) -> StyleRecipe:
+    recipe = _build_dataclass(StyleRecipe, raw, "")
+    check_style_blocks(recipe, {"size": (recipe.size, 8), "train.steps": (recipe.train.steps, 1),
+                                "optimizer.max_iter": (recipe.optimizer.max_iter, 1),
+                                "optimizer.history_size": (recipe.optimizer.history_size, 1)})
+    if recipe.optimizer.lr is not None and recipe.optimizer.lr <= 0:
+        raise ConfigError(f"optimizer.lr: must be > 0, got {recipe.optimizer.lr}")
+    for name in ("log", "sample", "checkpoint"):
+        block = getattr(recipe, name)
+        if block.every < 1 or block.every_kimg is not None:
+            raise ConfigError(f"{name}.every: a style run counts steps: give every >= 1 (and no every_kimg)")
     return recipe

@@ -23,7 +23,7 @@ from pathlib import Path
 from .data import check_dataset
 from .evaluation import check_extractor, check_metric
 from .models import check_architecture, check_regularizer
-from .style import check_style_extractor, check_style_loss
+from .style import check_style_extractor, check_style_loss, check_style_network
 from .training import check_augment, check_balancer, check_loss
 
 CHECKS = {
@@ -37,6 +37,7 @@ CHECKS = {
     "dataset": check_dataset,
     "style_loss": check_style_loss,
     "style_extractor": check_style_extractor,
+    "style_network": check_style_network,
 }
 
 
@@ -50,4 +51,4 @@ def check_plugin(kind: str, name: str, /, *, tmp_path: str | Path | None = None,
 
 __all__ = ["CHECKS", "check_plugin", "check_architecture", "check_loss", "check_regularizer", "check_balancer",
            "check_augment", "check_metric", "check_extractor", "check_dataset", "check_style_loss",
-           "check_style_extractor"]
+           "check_style_extractor", "check_style_network"]

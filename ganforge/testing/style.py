@@ -1,4 +1,4 @@
-"""Contracts of the style-transfer kinds: ``style_loss`` and ``style_extractor``."""
+"""Contracts of the style-transfer kinds: ``style_loss``, ``style_extractor`` and ``style_network``."""
 
 from __future__ import annotations
 
@@ -60,3 +60,38 @@ def check_style_extractor(name: str, /, *, tmp_path: str | Path | None = None, *
             grey = ext(x[:, :1].detach(), layers[:1])
             assert grey[layers[0]].shape[0] == 2, "grey images must be accepted"
         return ext
+
+
+def check_style_network(name: str, /, *, tmp_path: str | Path | None = None, **opts):
+    """``build()`` gives a module that maps ``[B, 3, H, W]`` in [-1, 1] to the same shape in [-1, 1] for sizes that
+    are not multiples of anything, trains (finite gradients on every parameter), treats each image alone (no
+    batch statistics), is the same in train and eval mode, builds identically from the same seed and survives a
+    ``state_dict`` round trip. Returns the built plugin."""
+    with checking("style_network", name) as entry:
+        plugin = build(entry, options(entry, opts))
+        assert_has(plugin, ("build",), "StyleNetwork")
+        torch.manual_seed(0)
+        net = plugin.build()
+        assert isinstance(net, torch.nn.Module), f"build() must return an nn.Module, got {type(net).__name__}"
+        g = torch.Generator().manual_seed(0)
+        x = torch.rand(2, 3, 19, 26, generator=g) * 2 - 1
+        y = net(x)
+        assert y.shape == x.shape, f"expected the input's shape {tuple(x.shape)}, got {tuple(y.shape)}"
+        assert torch.isfinite(y).all() and y.abs().max() <= 1, "outputs must be finite and in [-1, 1]"
+        y.float().pow(2).mean().backward()
+        params = list(net.parameters())
+        assert params and all(p.grad is not None and torch.isfinite(p.grad).all() for p in params), \
+            "every parameter must get a finite gradient"
+        with torch.no_grad():
+            alone = net(x[:1])
+            assert torch.allclose(alone, y[:1], atol=1e-5), "each image must be independent of its batch"
+            assert torch.allclose(net.eval()(x), y, atol=1e-6), "train and eval mode must agree"
+            torch.manual_seed(0)
+            again = plugin.build()
+            assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), net.state_dict().values())), \
+                "build() must be deterministic given the seed"
+            torch.manual_seed(1)
+            other = plugin.build()
+            other.load_state_dict(net.state_dict())
+            assert torch.equal(other.eval()(x), net(x)), "a state_dict round trip must reproduce the outputs"
+        return plugin

@@ -1,4 +1,5 @@
-"""Style transfer (Gatys et al.): the loss terms (content, Gram style, total variation) and the feature extractors
-they read (random multi-scale filters that need no weights; any timm model by layer name)."""
+"""Style transfer: the loss terms (content, Gram style, total variation), the feature extractors they read (random
+multi-scale filters that need no weights; any timm model by layer name) and the fast stylizer's image-transform
+network (Johnson et al.)."""
 
-from . import losses, random_multiscale, timm_layers  # noqa: F401
+from . import losses, random_multiscale, timm_layers, transform_net  # noqa: F401
