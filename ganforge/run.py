@@ -53,6 +53,17 @@ def _backend(compile_opt: bool | str) -> str | None:
     return "inductor" if compile_opt else None
 
 
+def cpu_threads(configured: int | None, cores: int, local_processes: int, current: int, gpu: bool) -> int | None:
+    """Torch threads to set for this process, or None to leave them. ``train.threads`` wins. Otherwise, on a CPU
+    machine, each local process gets its share of the cores when it has fewer: ``accelerate launch`` sets
+    OMP_NUM_THREADS=1 for a single process unless told otherwise, which on a 2-core machine cost the default
+    recipe a third of its speed (about 500 instead of 780 img/s, measured)."""
+    if configured:
+        return configured
+    share = max(1, cores // max(1, local_processes))
+    return share if not gpu and share > current else None
+
+
 def preempt_marker(run_dir: Path) -> Path:
     """Where rank 0 writes the preemption marker: $GANFORGE_PREEMPT_MARKER, else <run dir>/PREEMPTED. Launchers
     (torchrun, accelerate launch) exit 1 whatever their workers returned, so a requeue script reads this file."""
@@ -135,8 +146,11 @@ def run(recipe_path: str, overrides: list[str], dry_run: bool = False, fresh: bo
         print(config.dump(recipe), end="")
         return None
 
-    if recipe.train.threads:
-        torch.set_num_threads(recipe.train.threads)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    threads = cpu_threads(recipe.train.threads, cores, int(os.environ.get("LOCAL_WORLD_SIZE", "1")),
+                          torch.get_num_threads(), torch.cuda.is_available())
+    if threads:
+        torch.set_num_threads(threads)
     if recipe.train.deterministic:
         torch.use_deterministic_algorithms(True)
     if recipe.log.wandb and "WANDB_MODE" not in os.environ and "WANDB_API_KEY" not in os.environ:
@@ -203,5 +217,6 @@ def run(recipe_path: str, overrides: list[str], dry_run: bool = False, fresh: bo
     finally:
         accelerator.end_training()
     if accelerator.is_main_process:
-        print(f"{reason}: step {trainer.step}, {_progress(components, trainer)}, run dir {run_dir}")
+        print(f"{reason}: step {trainer.step}, {_progress(components, trainer)}, run dir {run_dir} "
+              f"({torch.get_num_threads()} torch threads per process)")
     return trainer

@@ -176,3 +176,31 @@ def test_a_changed_learning_rate_on_resume_is_applied_and_said(tmp_path, data_ca
     assert rows[-1]["lr_D"] == pytest.approx(2e-4)
     c = run_cli("run", path, "train.max_steps=20", "train.g_opt.lr=1e-4", "train.d_opt.betas=[0.0,0.99]")
     assert c.returncode == 0 and "changed since the checkpoint" not in c.stdout  # now they match
+
+
+def test_cpu_threads_share_of_cores():
+    from ganforge.run import cpu_threads
+
+    assert cpu_threads(None, cores=2, local_processes=1, current=1, gpu=False) == 2  # accelerate launch's 1 raised
+    assert cpu_threads(None, cores=2, local_processes=2, current=1, gpu=False) is None  # torchrun x2: 1 each
+    assert cpu_threads(None, cores=8, local_processes=2, current=1, gpu=False) == 4
+    assert cpu_threads(3, cores=2, local_processes=1, current=1, gpu=False) == 3  # train.threads wins
+    assert cpu_threads(None, cores=2, local_processes=1, current=1, gpu=True) is None
+
+
+def test_run_under_accelerate_launch_uses_every_core(tmp_path, data_cache):
+    """The README's command: `accelerate launch` sets OMP_NUM_THREADS=1 for one process; the run takes the cores."""
+    import os
+    import subprocess
+    import sys
+
+    r = tiny_recipe(tmp_path, data_cache)
+    r["train"].pop("threads")
+    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1",
+                          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m",
+                          "ganforge", "run", str(write_recipe(tmp_path / "r.yaml", r))],
+                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    cores = len(os.sched_getaffinity(0))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f"({cores} torch threads per process)" in out.stdout, out.stdout[-2000:]

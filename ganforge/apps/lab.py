@@ -293,6 +293,8 @@ def sweep(recipe_path: str, overrides: list[str], axes_args: dict, seeds: list[i
         for spec in specs:
             report(run_one(recipe_path, spec, scoring, net))
     else:
+        for spec in specs:  # each job its share of the cores: several runs of 2 threads on 2 cores thrash
+            spec.recipe.train.threads = spec.recipe.train.threads or max(1, (os.cpu_count() or 1) // jobs)
         with ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), initializer=_worker_init) as pool:
             futures = [pool.submit(run_one, recipe_path, s, scoring, net) for s in specs]
             for f in futures:
