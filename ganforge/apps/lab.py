@@ -264,7 +264,6 @@ def run_one(recipe_path: str, spec: RunSpec, scoring: Scoring, net: str, quiet: 
 
 def _worker_init():
     os.environ.setdefault("WANDB_MODE", "disabled")
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def sweep(recipe_path: str, overrides: list[str], axes_args: dict, seeds: list[int], out: Path,
