@@ -67,3 +67,16 @@ def test_shipped_recipes_validate(recipe, capsys, monkeypatch):
     assert code in (0, None), f"{recipe}: {out.err}"
     # the resolved recipe was printed (a GAN's model block, or another task's recipe, which names its task first)
     assert ("model:" in out.out or out.out.startswith("task: ")) and "type:" in out.out, out.out
+
+
+def test_launcher_worker_exit_keeps_codes_and_output(tmp_path, data_cache):
+    """Under a launcher (WORLD_SIZE > 1) the process ends with os._exit, skipping the interpreter finalization in
+    which gloo's threads could abort the rank: what it printed must still arrive, and the exit code must be the
+    one an ordinary exit gives (0, 2 for bad input with its one line)."""
+    path = write_recipe(tmp_path / "r.yaml", tiny_recipe(tmp_path, data_cache))
+    worker = {"WORLD_SIZE": "2", "RANK": "0"}
+    out = run_cli("run", path, "train.batch_size=12", "--dry-run", env=worker)
+    assert out.returncode == 0 and "batch_size: 12" in out.stdout, out.stderr
+    assert out.stdout.rstrip().splitlines()[-1] == "imports: []"  # the dump's last line: flushed before os._exit
+    _assert_clean_failure(run_cli("run", path, "train.batch_sise=3", env=worker), "train.batch_sise: unknown key",
+                          tmp_path / "runs")
