@@ -36,6 +36,8 @@ EXPECTED = {  # loss name -> (D loss, G loss)
     "ragan": (mean([sp(-r) for r in RT]) + mean([sp(f) for f in FT]),
               mean([sp(-f) for f in FT]) + mean([sp(r) for r in RT])),
     "rahinge": (0.875, 5.5),  # mean([0, .75]) + mean([1, 0]);  mean([1, 4.5]) + mean([4.25, 1.25])
+    # pairs (2, .5) and (-1, -3): D softplus(f - r), G softplus(r - f)
+    "rpgan": (mean([sp(f - r) for r, f in zip(R, F)]), mean([sp(r - f) for r, f in zip(R, F)])),
 }
 
 
@@ -59,7 +61,7 @@ def test_loss_matches_hand_computed_value(name):
 
 
 def test_relativistic_losses_ask_for_real_logits_in_g():
-    assert {e.name for e in registry.entries("loss") if e.obj.needs_real_in_g} == {"ragan", "rahinge"}
+    assert {e.name for e in registry.entries("loss") if e.obj.needs_real_in_g} == {"ragan", "rahinge", "rpgan"}
 
 
 def test_least_squares_targets():
@@ -148,3 +150,15 @@ def test_kimg_counts_the_reals_d_trains_on(tmp_path, monkeypatch, loss):
         "log.progress=false", "model.g_width=8", "model.d_width=8", "checkpoint.every=100", "sample.every=100"])
     assert t.reason == "done" and t.step == 10 and t.state.images == 160
     assert t.feed.samples == (20 if loss == "ragan" else 10) * 16
+
+
+def test_rpgan_pairs_one_to_one_and_refuses_a_mismatch():
+    """Pairing is element-wise: swapping two fakes changes the loss (a mean-based loss would not notice)."""
+    loss = registry.build("loss", {"type": "rpgan"})
+    r, f = torch.tensor(R), torch.tensor(F)
+    swapped = PhaseContext(D=torch.nn.Identity(), real_logits=r, fake_logits=f.flip(0))
+    d, _ = loss.d_loss(swapped)
+    assert d.item() == pytest.approx(mean([sp(f - r) for r, f in zip(R, F[::-1])]), abs=1e-6)
+    assert d.item() != pytest.approx(EXPECTED["rpgan"][0], abs=1e-3)
+    with pytest.raises(ValueError, match="one to one"):
+        loss.d_loss(PhaseContext(D=torch.nn.Identity(), real_logits=r, fake_logits=torch.zeros(3)))

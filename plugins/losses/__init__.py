@@ -1,1 +1,1 @@
-from . import hinge, least_squares, minimax, nonsaturating, relativistic, wgan_gp  # noqa: F401
+from . import hinge, least_squares, minimax, nonsaturating, relativistic, rpgan, wgan_gp  # noqa: F401
