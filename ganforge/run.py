@@ -53,6 +53,12 @@ def _backend(compile_opt: bool | str) -> str | None:
     return "inductor" if compile_opt else None
 
 
+def usable_cores() -> int:
+    """Cores this process may run on: its CPU affinity (a container or `taskset` may allow fewer than the machine's
+    os.cpu_count())."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def cpu_threads(configured: int | None, cores: int, local_processes: int, current: int, gpu: bool) -> int | None:
     """Torch threads to set for this process, or None to leave them. ``train.threads`` wins. Otherwise, on a CPU
     machine, each local process gets its share of the cores when it has fewer: ``accelerate launch`` sets
@@ -146,8 +152,7 @@ def run(recipe_path: str, overrides: list[str], dry_run: bool = False, fresh: bo
         print(config.dump(recipe), end="")
         return None
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    threads = cpu_threads(recipe.train.threads, cores, int(os.environ.get("LOCAL_WORLD_SIZE", "1")),
+    threads = cpu_threads(recipe.train.threads, usable_cores(), int(os.environ.get("LOCAL_WORLD_SIZE", "1")),
                           torch.get_num_threads(), torch.cuda.is_available())
     if threads:
         torch.set_num_threads(threads)

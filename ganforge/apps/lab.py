@@ -32,6 +32,7 @@ from .. import config, registry
 from ..build import build
 from ..errors import ConfigError, GanforgeError
 from ..metrics_config import MetricsConfig
+from ..run import usable_cores
 
 EVAL_SEED = 2024  # latents for evaluation: the same for every run, independent of the training seed
 
@@ -275,7 +276,7 @@ def sweep(recipe_path: str, overrides: list[str], axes_args: dict, seeds: list[i
     if net == "ema" and base.train.ema_kimg <= 0:
         raise ConfigError("train.ema_kimg is 0 (no G_ema): evaluate G instead (--net g)")
     scoring = scoring_for(base, metric, extractor, n_samples, out, echo)
-    jobs = max(1, min(jobs or os.cpu_count() or 1, len(specs)))
+    jobs = max(1, min(jobs or usable_cores(), len(specs)))
     out.mkdir(parents=True, exist_ok=True)
     echo(f"lab: {len(specs)} runs ({len(specs) // len(seeds)} configurations x {len(seeds)} seeds) of "
          f"{recipe_path} on {base.data.source['type']}, {jobs} job(s); output in {out}")
@@ -293,7 +294,7 @@ def sweep(recipe_path: str, overrides: list[str], axes_args: dict, seeds: list[i
             report(run_one(recipe_path, spec, scoring, net))
     else:
         for spec in specs:  # each job its share of the cores: several runs of 2 threads on 2 cores thrash
-            spec.recipe.train.threads = spec.recipe.train.threads or max(1, (os.cpu_count() or 1) // jobs)
+            spec.recipe.train.threads = spec.recipe.train.threads or max(1, usable_cores() // jobs)
         with ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), initializer=_worker_init) as pool:
             futures = [pool.submit(run_one, recipe_path, s, scoring, net) for s in specs]
             for f in futures:
