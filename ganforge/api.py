@@ -145,16 +145,19 @@ class Regularizer:
     """A penalty on the network of its phase ("D" or "G"), every ``interval`` runs of that phase.
 
     ``interval == 1``: folded into the main phase (one backward of loss + penalty, no optimizer correction).
-    ``interval = k > 1``: lazy regularization as in StyleGAN2 — a phase of its own ("D_reg:r1") with its own
-    optimizer step after every k-th main step, the penalty multiplied by k (same average strength), and that
-    network's Adam lr *= c, betas **= c with c = k / (k + 1) because it now takes k + 1 steps per k iterations.
-    In the D phase ``ctx.real`` requires grad and ``ctx.real_logits`` are D's outputs on it (R1); in the G phase
-    the plugin gets ``ctx.G`` and draws what it needs (path length). Attributes named in ``schedulable`` may be
-    driven by the recipe's ``schedule.values`` (e.g. ``regularizers[0].gamma``).
+    ``interval = k > 1``: lazy regularization as in StyleGAN2 — a phase of its own ("D_reg:R1", shared by all
+    penalties of that network with the same k) with its own optimizer step after every k-th main step, the penalty
+    multiplied by k (same average strength), and that network's Adam lr *= c, betas **= c with c = k / (k + 1)
+    because it now takes k + 1 steps per k iterations.
+    In the D phase the penalty gets the samples named in ``inputs`` ("real" for R1, "fake" for R2, or both):
+    ``ctx.real``/``ctx.fake`` require grad and ``ctx.real_logits``/``ctx.fake_logits`` are D's outputs on them; in
+    the G phase the plugin gets ``ctx.G`` and draws what it needs (path length). Attributes named in
+    ``schedulable`` may be driven by the recipe's ``schedule.values`` (e.g. ``regularizers[0].gamma``).
     """
 
     phase: str = "D"
     interval: int = 1
+    inputs: tuple[str, ...] = ("real",)
     schedulable: tuple[str, ...] = ()
 
     def penalty(self, ctx: PhaseContext) -> tuple[torch.Tensor, Stats]:

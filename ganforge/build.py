@@ -17,6 +17,7 @@ from .api import PhaseContext, tree_map
 from .config import Recipe
 from .engine import schedule as schedule_mod
 from .errors import ConfigError, DataError, GanforgeError
+from .tasks.penalties import check_inputs, d_context
 from .tasks.targets import ENGINE_VALUES, resolve_target
 
 
@@ -112,6 +113,7 @@ def build_gan(recipe: Recipe, preflight_check: bool = True) -> Components:
         regularizers=[registry.build("regularizer", b, f"regularizers[{i}]")
                       for i, b in enumerate(recipe.regularizers)],
     )
+    check_inputs(c.regularizers)
     schedule_mod.validate(recipe.schedule, total_kimg=recipe.train.kimg, arch_resolutions=c.stage_resolutions(),
                           world_size=world_size_from_env(), arch_name=recipe.model["type"])
     for path in recipe.schedule.values:
@@ -157,8 +159,8 @@ def preflight(c: Components) -> None:
             c.loss.g_loss(PhaseContext(D=D, real=real, fake=fake, real_logits=real_logits, fake_logits=D(aug(fake))))
             for i, reg in enumerate(c.regularizers):
                 step = f"regularizers[{i}]"
-                x = tree_map(lambda t: t.detach().requires_grad_(True), real)
-                reg.penalty(PhaseContext(D=D, real=x, real_logits=D(aug(x)), G=G, arch=c.arch, batch_size=2))
+                reg.penalty(d_context(reg, D, lambda x: D(aug(x)), real, fake, G=G, arch=c.arch) if reg.phase == "D"
+                            else PhaseContext(D=D, G=G, arch=c.arch, batch_size=2))
         except GanforgeError:
             raise
         except Exception as e:  # noqa: BLE001 - any failure here means the blocks do not fit together

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,3 +86,14 @@ def logged_step(log: Path) -> int:
         except ValueError:
             continue
     return 0
+
+
+class QuadraticD(torch.nn.Module):
+    """D(x) = 1/2 sum(a * x^2): grad_x D = a * x, so R1 = gamma/2 * mean_b sum (a x_b)^2."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Parameter(torch.rand(3, 4, 4) + 0.5)
+
+    def forward(self, x):
+        return 0.5 * (self.a * x.square()).flatten(1).sum(1)

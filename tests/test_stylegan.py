@@ -7,7 +7,7 @@ import os
 
 import pytest
 import torch
-from conftest import ckpt_tensors, module_state, run_cli, write_recipe
+from conftest import QuadraticD, ckpt_tensors, module_state, run_cli, write_recipe
 
 from ganforge import registry
 from ganforge.api import PhaseContext
@@ -115,17 +115,6 @@ def test_channels_last_gives_the_same_networks():
 
 
 # ---- regularizers ------------------------------------------------------------------------------------------------
-class QuadraticD(torch.nn.Module):
-    """D(x) = 1/2 sum(a * x^2): grad_x D = a * x, so R1 = gamma/2 * mean_b sum (a x_b)^2."""
-
-    def __init__(self):
-        super().__init__()
-        self.a = torch.nn.Parameter(torch.rand(3, 4, 4) + 0.5)
-
-    def forward(self, x):
-        return 0.5 * (self.a * x.square()).flatten(1).sum(1)
-
-
 def test_r1_equals_the_analytic_value():
     torch.manual_seed(0)
     D, gamma = QuadraticD(), 3.0

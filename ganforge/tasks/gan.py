@@ -14,27 +14,13 @@ from ..engine import diagnostics
 from ..engine.ema import EMA
 from ..engine.phases import Phase
 from ..errors import GanforgeError
+from .penalties import d_context, lazy_factor, lazy_groups, make_optimizer
 from .targets import resolve_target
 
 
 def _arch(arch, name: str, default):
     """Architecture plugins need not subclass api.Architecture: missing optional parts get the default."""
     return getattr(arch, name, default)
-
-
-def lazy_factor(regs, phase: str) -> float:
-    """StyleGAN2's correction for a network regularized in phases of its own: k + 1 optimizer steps per k
-    iterations, so lr *= c and betas **= c with c = k / (k + 1). Folded (interval 1) penalties need none."""
-    c = 1.0
-    for reg in regs:
-        if reg.phase == phase and reg.interval > 1:
-            c *= reg.interval / (reg.interval + 1)
-    return c
-
-
-def make_optimizer(params, cfg, c: float) -> torch.optim.Adam:
-    return torch.optim.Adam(params, lr=cfg.lr * c, betas=tuple(b ** c for b in cfg.betas), eps=cfg.eps,
-                            weight_decay=cfg.weight_decay)
 
 
 class GANTask:
@@ -69,8 +55,8 @@ class GANTask:
         self.schedulers = {n: torch.optim.lr_scheduler.LambdaLR(o, lambda _: self.lr_mult)
                            for n, o in (("G", self.opt_G), ("D", self.opt_D))}
         self.main = {"D": self._d_phase(), "G": self._g_phase()}
-        self.lazy = {p: [(self._reg_phase(reg), reg.interval) for reg in self.regularizers
-                         if reg.phase == p and reg.interval > 1] for p in ("D", "G")}
+        self.lazy = {p: [(self._reg_phase(p, regs), k) for k, regs in lazy_groups(self.regularizers, p).items()]
+                     for p in ("D", "G")}
         g = torch.Generator().manual_seed(r.seed)
         self.fixed_z = self.arch.sample_latents(r.sample.n, generator=g).to(acc.device)
 
@@ -217,18 +203,19 @@ class GANTask:
     def _latents(self, n: int):
         return self.arch.sample_latents(n, device=self.acc.device)
 
-    def _folded(self, phase: str, ctx_fn) -> tuple[torch.Tensor, dict]:
+    def _penalties(self, regs, ctx_fn) -> tuple[torch.Tensor, dict]:
         total, stats = 0.0, {}
-        for reg in self.regularizers:
-            if reg.phase == phase and reg.interval == 1:
-                penalty, s = reg.penalty(ctx_fn())
-                total, stats = total + penalty, {**stats, **s}
+        for reg in regs:
+            penalty, s = reg.penalty(ctx_fn(reg))
+            total, stats = total + penalty, {**stats, **s}
         return total, stats
 
-    def _r1_ctx(self, real):
-        real = tree_map(lambda t: t.detach().requires_grad_(True), real)
-        return PhaseContext(D=self.D_raw, real=real, real_logits=self.D_raw(self._aug(real)), step=self.iteration,
-                            G=self.G_raw, arch=self.arch, batch_size=batch_size(real))
+    def _folded(self, phase: str, ctx_fn) -> tuple[torch.Tensor, dict]:
+        return self._penalties([r for r in self.regularizers if r.phase == phase and r.interval == 1], ctx_fn)
+
+    def _d_reg_ctx(self, reg, real, fake):
+        return d_context(reg, self.D_raw, lambda x: self.D_raw(self._aug(x)), real, fake, step=self.iteration,
+                         G=self.G_raw, arch=self.arch)
 
     def _g_ctx(self):
         return PhaseContext(D=self.D_raw, G=self.G_raw, arch=self.arch, batch_size=self.feed.batch_size,
@@ -244,7 +231,7 @@ class GANTask:
             loss, stats = self.loss.d_loss(ctx)
             if i == 0:
                 self.last_real, self.last_fake = real, fake
-                penalty, pstats = self._folded("D", lambda: self._r1_ctx(real))
+                penalty, pstats = self._folded("D", lambda reg: self._d_reg_ctx(reg, real, fake))
                 loss, stats = loss + penalty, {**stats, **pstats}
             if self.augment is not None:
                 stats.update(self.augment.observe(ctx.real_logits))
@@ -265,23 +252,25 @@ class GANTask:
                                real=real, real_logits=self.D(self._aug(real)) if real is not None else None)
             loss, stats = self.loss.g_loss(ctx)
             if i == 0:
-                penalty, pstats = self._folded("G", self._g_ctx)
+                penalty, pstats = self._folded("G", lambda reg: self._g_ctx())
                 loss, stats = loss + penalty, {**stats, **pstats}
             return loss, stats
 
         return Phase("G", [self.G], self.opt_G, loss_fn, frozen=[self.D], micro_batches=self.recipe.train.grad_accum,
                      diagnose=lambda: {"grad_norm_g": diagnostics.grad_norm(self.G_raw)})
 
-    def _reg_phase(self, reg) -> Phase:
-        """A lazy penalty as its own optimizer step, x interval (same average strength as every step)."""
-        if reg.phase == "D":
+    def _reg_phase(self, phase: str, regs: list) -> Phase:
+        """Lazy penalties of one interval as one phase of their own, x interval (same average strength as every
+        step). D's take the samples of the D phase just run."""
+        k, name = regs[0].interval, f"{phase}_reg:{'+'.join(type(r).__name__ for r in regs)}"
+        if phase == "D":
             def loss_fn(i):
-                penalty, stats = reg.penalty(self._r1_ctx(self.last_real))  # the reals of the D phase just run
-                return penalty * reg.interval, stats
-            return Phase(f"D_reg:{type(reg).__name__}", [self.D_raw], self.opt_D, loss_fn, manual_sync=True)
+                penalty, stats = self._penalties(regs, lambda reg: self._d_reg_ctx(reg, self.last_real,
+                                                                                    self.last_fake))
+                return penalty * k, stats
+            return Phase(name, [self.D_raw], self.opt_D, loss_fn, manual_sync=True)
 
         def g_loss_fn(i):
-            penalty, stats = reg.penalty(self._g_ctx())
-            return penalty * reg.interval, stats
-        return Phase(f"G_reg:{type(reg).__name__}", [self.G_raw], self.opt_G, g_loss_fn, frozen=[self.D_raw],
-                     manual_sync=True)
+            penalty, stats = self._penalties(regs, lambda reg: self._g_ctx())
+            return penalty * k, stats
+        return Phase(name, [self.G_raw], self.opt_G, g_loss_fn, frozen=[self.D_raw], manual_sync=True)

@@ -8,6 +8,7 @@ import torch
 
 from .. import registry
 from ..api import PhaseContext, finest, leaves, tree_map
+from ..tasks.penalties import check_inputs, d_context
 from ._common import assert_checkpointable, assert_has, build, checking, options
 
 # A tiny built-in StyleGAN: it has what any built-in penalty needs (a D; a G with mapping/synthesis). A regularizer
@@ -59,9 +60,10 @@ def check_architecture(name: str, /, *, tmp_path: str | Path | None = None, **op
 
 
 def check_regularizer(name: str, /, *, tmp_path: str | Path | None = None, **opts):
-    """``phase`` is "D" or "G" and ``interval`` an int >= 1; on a tiny model (``contract_model``, default a small
-    built-in StyleGAN) the penalty is a finite scalar with detached scalar stats, and its gradient reaches the
-    network of its phase; ``state_dict`` loads into a fresh instance. Returns the built regularizer."""
+    """``phase`` is "D" or "G", ``interval`` an int >= 1 and a D-side penalty's ``inputs`` among "real"/"fake";
+    on a tiny model (``contract_model``, default a small built-in StyleGAN) the penalty is a finite scalar with
+    detached scalar stats, and its gradient reaches the network of its phase; ``state_dict`` loads into a fresh
+    instance. Returns the built regularizer."""
     with checking("regularizer", name) as entry:
         opts = options(entry, opts)
         reg = build(entry, opts)
@@ -71,9 +73,10 @@ def check_regularizer(name: str, /, *, tmp_path: str | Path | None = None, **opt
         torch.manual_seed(0)
         arch = registry.build("architecture", getattr(entry.obj, "contract_model", TINY_MODEL))
         G, D = arch.build_generator(), arch.build_discriminator()
-        if reg.phase == "D":
-            real = (torch.rand(4, arch.channels, arch.resolution, arch.resolution) * 2 - 1).requires_grad_(True)
-            ctx = PhaseContext(D=D, real=real, real_logits=D(real), G=G, arch=arch, batch_size=4)
+        if reg.phase == "D":  # the samples it declared in ``inputs``, served as the engine serves them
+            check_inputs([reg])
+            real, fake = (torch.rand(2, 4, arch.channels, arch.resolution, arch.resolution) * 2 - 1).unbind(0)
+            ctx = d_context(reg, D, D, real, fake, G=G, arch=arch)
             net = D
         else:
             D.requires_grad_(False)  # as in the engine's G phase

@@ -1,4 +1,5 @@
-"""R1 gradient penalty on real images (Mescheder et al., 2018), lazily as in StyleGAN2."""
+"""R1 gradient penalty on real images (Mescheder et al., 2018), lazily as in StyleGAN2; R2 (plugins/regularizers/
+r2.py) is the same penalty on fakes."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ class R1(Regularizer):
     """
 
     phase = "D"
+    inputs = ("real",)
+    key = "r1"  # prefix of the logged statistics
     schedulable = ("gamma",)
 
     def __init__(self, gamma: float = 10.0, interval: int = 16):
@@ -28,12 +31,15 @@ class R1(Regularizer):
         self.gamma, self.interval = gamma, interval
 
     def penalty(self, ctx: PhaseContext):
-        reals = leaves(ctx.real) if ctx.real is not None else []
-        if not reals or ctx.real_logits is None or not all(r.requires_grad for r in reals):
-            raise ValueError("r1 needs the D phase's reals (requiring grad) and D's logits on them")
+        (name,) = self.inputs
+        samples, logits = getattr(ctx, name), getattr(ctx, f"{name}_logits")
+        xs = leaves(samples) if samples is not None else []
+        if not xs or logits is None or not all(x.requires_grad for x in xs):
+            raise ValueError(f"{self.key} needs the D phase's {name}s (requiring grad) and D's "
+                             "logits on them")
         # create_graph: the penalty is itself differentiated w.r.t. D's weights (double backward; never compiled).
-        # A multi-scale real (pyramid) is one input: the squared norm sums over all its scales.
-        grads = torch.autograd.grad(ctx.real_logits.float().sum(), reals, create_graph=True)
+        # A multi-scale sample (pyramid) is one input: the squared norm sums over all its scales.
+        grads = torch.autograd.grad(logits.float().sum(), xs, create_graph=True)
         grad_sq = sum(g.float().square().flatten(1).sum(1) for g in grads)  # [B]: ||grad_x D(x)||^2 per image
         penalty = grad_sq.mean() * (self.gamma / 2)
-        return penalty, {"r1_penalty": penalty.detach(), "r1_grad_sq": grad_sq.detach().mean()}
+        return penalty, {f"{self.key}_penalty": penalty.detach(), f"{self.key}_grad_sq": grad_sq.detach().mean()}
