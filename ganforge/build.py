@@ -18,7 +18,7 @@ from .config import Recipe
 from .engine import schedule as schedule_mod
 from .errors import ConfigError, DataError, GanforgeError
 from .tasks.penalties import check_inputs, d_context
-from .tasks.targets import ENGINE_VALUES, resolve_target
+from .tasks.targets import BETA2_PATHS, ENGINE_VALUES, resolve_target
 
 
 @dataclass
@@ -116,9 +116,12 @@ def build_gan(recipe: Recipe, preflight_check: bool = True) -> Components:
     check_inputs(c.regularizers)
     schedule_mod.validate(recipe.schedule, total_kimg=recipe.train.kimg, arch_resolutions=c.stage_resolutions(),
                           world_size=world_size_from_env(), arch_name=recipe.model["type"])
-    for path in recipe.schedule.values:
+    for path, cv in recipe.schedule.values.items():
         if path not in ENGINE_VALUES:
             resolve_target(c, path)
+        ends = (cv.start,) if cv.type in ("constant", "step") else (cv.start, cv.end)
+        if path in BETA2_PATHS and not all(0 <= v < 1 for v in ends):
+            raise ConfigError(f"schedule.values.{path}: Adam's beta2 must be in [0, 1), got {list(ends)}")
     if recipe.sample.truncation_psi != 1.0 and not getattr(c.arch, "supports_truncation", False):
         raise ConfigError(f"sample.truncation_psi: the generator of architecture {recipe.model['type']!r} does not "
                           "support truncation")

@@ -49,6 +49,20 @@ def run_cli(*args, cwd=None, env=None, timeout=600, module=True) -> subprocess.C
     return subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
 
 
+def full_and_resumed(tmp: Path, recipe: dict, stop_step: int) -> subprocess.CompletedProcess:
+    """Runs ``recipe`` straight through (runs/full) and stopped at ``stop_step`` then resumed (runs/part); returns
+    the resumed run's output. Both must succeed."""
+    full = write_recipe(tmp / "full.yaml", {**recipe, "name": "full"})
+    part = write_recipe(tmp / "part.yaml", {**recipe, "name": "part"})
+    a = run_cli("run", full)
+    assert a.returncode == 0, a.stderr[-3000:]
+    b1 = run_cli("run", part, f"train.max_steps={stop_step}")
+    assert b1.returncode == 0 and f"stopped: step {stop_step}" in b1.stdout, b1.stderr[-3000:]
+    b2 = run_cli("run", part)
+    assert b2.returncode == 0, b2.stderr[-3000:]
+    return b2
+
+
 @pytest.fixture(scope="session")
 def data_cache(tmp_path_factory) -> Path:
     """One embedded-dataset cache shared by the session (shards are written once)."""

@@ -7,7 +7,7 @@ import os
 
 import pytest
 import torch
-from conftest import QuadraticD, ckpt_tensors, module_state, run_cli, write_recipe
+from conftest import QuadraticD, ckpt_tensors, full_and_resumed, module_state, run_cli, write_recipe
 
 from ganforge import registry
 from ganforge.api import PhaseContext
@@ -257,16 +257,9 @@ def _checkpoint_tensors(run):
 
 
 def test_resume_across_a_lazy_regularization_step_is_bit_identical(tmp_path, data_cache):
-    base = stylegan_recipe(tmp_path, data_cache)
-    full = write_recipe(tmp_path / "full.yaml", {**base, "name": "full"})
-    part = write_recipe(tmp_path / "part.yaml", {**base, "name": "part"})
-    a = run_cli("run", full)
-    assert a.returncode == 0, a.stderr[-3000:]
     # Step 5 is the 5th iteration (D and G counts 4): R1 (every 4) and path length (every 2) both fired in it.
-    b1 = run_cli("run", part, "train.max_steps=5")
-    assert b1.returncode == 0 and "stopped: step 5" in b1.stdout, b1.stderr[-3000:]
-    b2 = run_cli("run", part)
-    assert b2.returncode == 0 and "(step 5," in b2.stdout, b2.stderr[-3000:]
+    out = full_and_resumed(tmp_path, stylegan_recipe(tmp_path, data_cache), 5)
+    assert "(step 5," in out.stdout, out.stdout[-3000:]
     rows = [json.loads(x) for x in (tmp_path / "runs/part/log.jsonl").read_text().splitlines()]
     assert {"r1_penalty", "pl_penalty", "pl_mean"} <= rows[-1].keys()
     (ca, ta), (cb, tb) = _checkpoint_tensors(tmp_path / "runs/full"), _checkpoint_tensors(tmp_path / "runs/part")

@@ -15,7 +15,7 @@ from ..engine.ema import EMA
 from ..engine.phases import Phase
 from ..errors import GanforgeError
 from .penalties import d_context, lazy_factor, lazy_groups, make_optimizer
-from .targets import resolve_target
+from .targets import BETA2_PATHS, resolve_target
 
 
 def _arch(arch, name: str, default):
@@ -69,9 +69,17 @@ class GANTask:
         for path, value in stage.values.items():
             if path == "ema_kimg":
                 self.ema.half_life_kimg = value
+            elif path in BETA2_PATHS:
+                self._set_beta2(BETA2_PATHS[path], value)
             else:
                 obj, attr = resolve_target(self, path)
                 setattr(obj, attr, value)
+
+    def _set_beta2(self, net: str, value: float) -> None:
+        """A scheduled Adam beta2 (R3GAN: 0.9 -> 0.99), with the lazy-regularization correction beta ** c."""
+        c = lazy_factor(self.regularizers, net)
+        for g in (self.opt_G if net == "G" else self.opt_D).param_groups:
+            g["betas"] = (g["betas"][0], value ** c)
 
     def end_step(self, kimg: float, next_stage) -> None:
         """EMA update, then the lr schedulers step to the multiplier of the next iteration's kimg."""
@@ -160,7 +168,8 @@ class GANTask:
                     scale = lr / old_lr
                     g["initial_lr"], g["lr"], sched.base_lrs[i] = lr, g["lr"] * scale, sched.base_lrs[i] * scale
                     changed.append(f"lr {old_lr / c:g} -> {cfg.lr:g}")
-                if any(abs(a - b) > 1e-12 for a, b in zip(old_betas, betas)):
+                scheduled = 1 if f"{key}.beta2" in r.schedule.values else 2  # the schedule sets beta2 each step
+                if any(abs(a - b) > 1e-12 for a, b in zip(old_betas[:scheduled], betas[:scheduled])):
                     g["betas"] = betas
                     changed.append(f"betas {[round(b ** (1 / c), 6) for b in old_betas]} -> {list(cfg.betas)}")
             sched._last_lr = [g["lr"] for g in opt.param_groups]  # what get_last_lr() (and the log) report

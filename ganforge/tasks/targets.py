@@ -1,4 +1,5 @@
-"""Paths of scheduled plugin scalars: ``regularizers[0].gamma``, ``augment.p``, ``loss.<attr>``.
+"""Paths of scheduled scalars: the engine's (``ema_kimg``, ``g_opt.beta2``/``d_opt.beta2``) and plugins'
+(``regularizers[0].gamma``, ``augment.p``, ``loss.<attr>``).
 
 A plugin opts in by naming the attribute in ``schedulable``; anything else is refused in the pre-flight with a
 line naming the path, so a typo never silently schedules nothing.
@@ -11,7 +12,8 @@ import re
 from ..errors import ConfigError
 
 _PATH = re.compile(r"^(loss|balancer|augment|regularizers\[(\d+)\])\.([A-Za-z_]\w*)$")
-ENGINE_VALUES = ("ema_kimg",)
+BETA2_PATHS = {"g_opt.beta2": "G", "d_opt.beta2": "D"}  # Adam's beta2 of either network (R3GAN's schedule)
+ENGINE_VALUES = ("ema_kimg", *BETA2_PATHS)
 
 
 def resolve_target(components, path: str):
@@ -19,7 +21,8 @@ def resolve_target(components, path: str):
     m = _PATH.match(path)
     where = f"schedule.values.{path}"
     if m is None:
-        raise ConfigError(f"{where}: expected 'ema_kimg' or '<loss|balancer|augment|regularizers[i]>.<attribute>'")
+        raise ConfigError(f"{where}: expected one of {', '.join(ENGINE_VALUES)} or "
+                          "'<loss|balancer|augment|regularizers[i]>.<attribute>'")
     block, index, attr = m.group(1), m.group(2), m.group(3)
     if index is not None:
         regs = components.regularizers
