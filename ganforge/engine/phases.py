@@ -47,6 +47,13 @@ class Phase:
     diagnose: Callable[[], dict] | None = None  # extra statistics after backward, on log iterations only
     closure: bool = False  # optimizer.step(closure) re-evaluates the loss (L-BFGS)
 
+    def __post_init__(self):
+        # The parameters this phase toggles: those trainable when the phase is built. A module may hold weights
+        # built frozen (a pretrained backbone inside a projected D); flipping requires_grad on the whole module
+        # would hand them to the optimizer after the first G phase, so they are never touched.
+        self.train_params = [p for m in self.trains for p in m.parameters() if p.requires_grad]
+        self.frozen_params = [p for m in self.frozen for p in m.parameters() if p.requires_grad]
+
 
 def _accumulate(total: dict, stats: dict, n: int) -> None:
     for k, v in stats.items():
@@ -76,10 +83,10 @@ def _grads_finite(params) -> bool:
 def run_phase(accelerator, phase: Phase, diagnose: bool = False) -> tuple[dict, bool]:
     """requires_grad, no_sync, autocast, micro-batch accumulation, backward, optimizer step — for any phase.
     Returns the statistics and whether the step was taken (False: non-finite gradients, update skipped)."""
-    for m in phase.frozen:
-        m.requires_grad_(False)  # no grads for frozen weights: less memory, nothing for their reducer to expect
-    for m in phase.trains:
-        m.requires_grad_(True)
+    for p in phase.frozen_params:
+        p.requires_grad_(False)  # no grads for frozen weights: less memory, nothing for their reducer to expect
+    for p in phase.train_params:
+        p.requires_grad_(True)
     try:
         out, total = _evaluate(accelerator, phase)
         if diagnose and phase.diagnose is not None:
@@ -91,8 +98,8 @@ def run_phase(accelerator, phase: Phase, diagnose: bool = False) -> tuple[dict, 
             phase.optimizer.step()
         phase.optimizer.zero_grad(set_to_none=True)  # None, not 0: layers outside a growth stage keep no Adam state
     finally:
-        for m in phase.frozen:
-            m.requires_grad_(True)
+        for p in phase.frozen_params:
+            p.requires_grad_(True)
     return out, ok
 
 

@@ -41,8 +41,11 @@ class GANTask:
         torch.manual_seed(r.seed)
         G = self.arch.build_generator().to(memory_format=memory_format)
         D = self.arch.build_discriminator().to(memory_format=memory_format)
-        opt_G = make_optimizer(G.parameters(), r.train.g_opt, lazy_factor(self.regularizers, "G"))
-        opt_D = make_optimizer(D.parameters(), r.train.d_opt, lazy_factor(self.regularizers, "D"))
+        # Only trainable weights: a D may hold a frozen pretrained backbone (architecture ``projected``).
+        opt_G = make_optimizer([p for p in G.parameters() if p.requires_grad], r.train.g_opt,
+                               lazy_factor(self.regularizers, "G"))
+        opt_D = make_optimizer([p for p in D.parameters() if p.requires_grad], r.train.d_opt,
+                               lazy_factor(self.regularizers, "D"))
         self.G, self.D, self.opt_G, self.opt_D = acc.prepare(G, D, opt_G, opt_D)
         # The raw modules (no DDP, no torch.compile) serve EMA, checkpoints and the lazy penalties, whose double
         # backward neither DDP nor torch.compile can do.

@@ -20,8 +20,9 @@ TINY_MODEL = {"type": "stylegan", "resolution": 16, "latent_dim": 8, "channel_ba
 def check_architecture(name: str, /, *, tmp_path: str | Path | None = None, **opts):
     """G maps ``sample_latents(n)`` to images ``[n, C, R, R]`` (or a pyramid, or the architecture's own
     ``sample_shape``), finite, that ``render_samples`` turns into a grid; D gives logits ``[n]``; gradients reach
-    every parameter of G and D; at every stage of ``stage_resolutions()`` ``prepare_real`` gives D what G gives
-    it. Returns the built architecture."""
+    every trainable parameter of G and D (``requires_grad`` when built: frozen weights stay out of the
+    optimizer); at every stage of ``stage_resolutions()`` ``prepare_real`` gives D what G gives it. Returns the
+    built architecture."""
     with checking("architecture", name) as entry:
         arch = build(entry, options(entry, opts))
         assert_has(arch, ("latent_dim", "resolution", "channels", "build_generator", "build_discriminator",
@@ -41,7 +42,8 @@ def check_architecture(name: str, /, *, tmp_path: str | Path | None = None, **op
         assert logits.shape == (3,), f"D must give logits [B]; got {tuple(logits.shape)}"
         (logits.sum()).backward()
         for pname, p in [*G.named_parameters(), *D.named_parameters()]:
-            assert p.grad is not None and torch.isfinite(p.grad).all(), f"no/invalid gradient for {pname}"
+            if p.requires_grad:  # weights built frozen (a pretrained backbone) are never trained
+                assert p.grad is not None and torch.isfinite(p.grad).all(), f"no/invalid gradient for {pname}"
         assert any(p.grad.abs().sum() > 0 for p in G.parameters()), "D's output does not depend on G's weights"
         # What D sees of a real batch (prepare_real) must fit D, at every stage the architecture trains at.
         stages = arch.stage_resolutions() if hasattr(arch, "stage_resolutions") else [arch.resolution]

@@ -1,1 +1,1 @@
-from . import dcgan, mlp, msggan, progan, r3gan, stylegan  # noqa: F401
+from . import dcgan, mlp, msggan, progan, projected, r3gan, stylegan  # noqa: F401
