@@ -1,6 +1,6 @@
 """Training throughput of the R3GAN recipe against the StyleGAN recipe at the same resolution and batch, with
-R1 + R2 every step (the paper) and lazy (one shared D phase every 16 steps), through ganforge's engine: exactly
-``Trainer.train_step`` (D step, G step, penalties, EMA, schedules).
+R1 + R2 every step (the paper; exact or by finite differences) and lazy (one shared D phase every 16 steps),
+through ganforge's engine: exactly ``Trainer.train_step`` (D step, G step, penalties, EMA, schedules).
 
     python bench/bench_r3gan.py                           # CPU: recipes/r3gan.yaml vs recipes/stylegan.yaml, 32x32
     python bench/bench_r3gan.py --preset 256 --batch 32   # one GPU: r3gan256.yaml vs stylegan256.yaml
@@ -29,7 +29,7 @@ CYCLE = 16
 PRESETS = {"32": ("r3gan.yaml", "stylegan.yaml"), "256": ("r3gan256.yaml", "stylegan256.yaml")}
 
 
-def build_trainer(recipe_name: str, a, tmp: Path, lazy: int | None):
+def build_trainer(recipe_name: str, a, tmp: Path, lazy: int | None, method: str = "exact"):
     from accelerate import Accelerator
 
     from ganforge import config
@@ -43,11 +43,11 @@ def build_trainer(recipe_name: str, a, tmp: Path, lazy: int | None):
         recipe.regularizers = []
         recipe.schedule.values = {k: v for k, v in recipe.schedule.values.items() if not k.startswith("regularizers")}
     for reg in recipe.regularizers if lazy else []:
-        reg["interval"] = lazy
+        reg["interval"], reg["method"] = lazy, method
     components = build(recipe, preflight_check=False)
     arch = components.arch
     acc = Accelerator(cpu=a.device == "cpu", mixed_precision=a.precision)
-    trainer = Trainer(components, acc, tmp / f"run-{recipe_name}-{lazy}")
+    trainer = Trainer(components, acc, tmp / f"run-{recipe_name}-{lazy}-{method}")
     real = torch.rand(a.batch, arch.channels, arch.resolution, arch.resolution, device=acc.device) * 2 - 1
     trainer.feed.use(itertools.repeat({"image": real, "skipped": 0}), 0, a.batch)
     return trainer
@@ -65,13 +65,14 @@ def main(argv=None):
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     r3, sg = PRESETS[a.preset]
-    configs = {"StyleGAN recipe (lazy R1)": (sg, None), "R3GAN, R1 + R2 every step": (r3, 1),
-               "R3GAN, R1 + R2 lazy (every 16)": (r3, 16), "R3GAN, no R1/R2 (their cost)": (r3, 0)}
+    configs = {"StyleGAN recipe (lazy R1)": (sg, None, "exact"), "R3GAN, R1 + R2 every step": (r3, 1, "exact"),
+               "R3GAN, R1 + R2 every step, finite difference": (r3, 1, "finite_difference"),
+               "R3GAN, R1 + R2 lazy (every 16)": (r3, 16, "exact"), "R3GAN, no R1/R2 (their cost)": (r3, 0, "exact")}
     sync = torch.cuda.synchronize if a.device == "cuda" else (lambda: None)
     with tempfile.TemporaryDirectory() as tmp:
         trainers = {}
-        for name, (recipe, lazy) in configs.items():
-            t = build_trainer(recipe, a, Path(tmp), lazy)
+        for name, (recipe, lazy, method) in configs.items():
+            t = build_trainer(recipe, a, Path(tmp), lazy, method)
             for _ in range(CYCLE):  # warm-up: every code path once
                 t.train_step()
             trainers[name] = t

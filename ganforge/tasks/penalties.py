@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from ..api import PhaseContext, batch_size, tree_map
+from ..api import PhaseContext, batch_size, leaves, tree_map
 from ..errors import ConfigError
 
 D_INPUTS = ("real", "fake")
@@ -28,12 +28,32 @@ def d_context(reg, D, critic, real, fake, **fields) -> PhaseContext:
     ``critic`` is D as the loss sees it (augmentation first), so the gradient is taken w.r.t. the un-augmented image
     as in StyleGAN2-ADA. Only what was declared is computed: R1 costs no D pass over fakes and R2 none over reals.
     """
-    kw = {}
+    kw, extra = {}, {}
     for name, x in (("real", real), ("fake", fake)):
         if name in getattr(reg, "inputs", ("real",)):
             x = tree_map(lambda t: t.detach().requires_grad_(True), x)
+            extra[f"{name}_critic"] = replaying(critic, x)
             kw[name], kw[f"{name}_logits"] = x, critic(x)
-    return PhaseContext(D=D, batch_size=batch_size(real), **kw, **fields)
+    return PhaseContext(D=D, batch_size=batch_size(real), extra=extra, **kw, **fields)
+
+
+def replaying(critic, like):
+    """``critic`` with the random draws (the augmentation) of the call made right after this one, on every call:
+    a finite-difference penalty compares D at x and at x + eps * v and must see the same augmentation of both,
+    or it would measure the augmentation's change instead of D's slope. Augmentations draw from torch's global
+    generators, which are snapshotted here and restored (then put back) around each replayed call."""
+    device = next(iter(leaves(like))).device
+    devices = [device] if device.type == "cuda" else []
+    cpu, gpu = torch.get_rng_state(), torch.cuda.get_rng_state(device) if devices else None
+
+    def again(x):
+        with torch.random.fork_rng(devices=devices):
+            torch.set_rng_state(cpu)
+            if devices:
+                torch.cuda.set_rng_state(gpu, device)
+            return critic(x)
+
+    return again
 
 
 def lazy_groups(regs, phase: str) -> dict[int, list]:
