@@ -84,19 +84,20 @@ class _NoModuleTracking:
 
 def count_flops(t) -> dict[str, float]:
     """FLOPs of a plain iteration, of one R1 pass and of one path-length pass (forcing which ones are due)."""
-    saved = dict(t.state.phase_steps)
+    counts = t.task.counts  # main-phase runs per network: a lazy penalty fires when its count % interval == 0
+    saved = dict(counts)
     out = {}
     for key, steps in (("both", (0, 0)), ("pl", (4, 4)), ("plain", (1, 1))):
-        t.state.phase_steps.update(D=steps[0], G=steps[1])
+        counts.update(D=steps[0], G=steps[1])
         fc = FlopCounterMode(display=False)
         fc.mod_tracker = _NoModuleTracking()
         with fc:
             t.train_step()
         out[key] = fc.get_total_flops()
-    t.state.phase_steps.update(saved)
+    counts.update(saved)
     plain, pl, r1 = out["plain"], out["pl"] - out["plain"], out["both"] - out["pl"]
-    r1_every = next((r.interval for r in t.regularizers if r.phase == "D"), 0)
-    pl_every = next((r.interval for r in t.regularizers if r.phase == "G"), 0)
+    r1_every = next((r.interval for r in t.task.regularizers if r.phase == "D"), 0)
+    pl_every = next((r.interval for r in t.task.regularizers if r.phase == "G"), 0)
     amortized = plain + (r1 / r1_every if r1_every else 0) + (pl / pl_every if pl_every else 0)
     return {"plain": plain, "r1": r1, "pl": pl, "iteration": amortized}
 
@@ -156,7 +157,7 @@ def main(argv=None):
     dtype = torch.bfloat16 if a.precision == "bf16" else torch.float16 if a.precision == "fp16" else torch.float32
     peak = a.peak_tflops * 1e12 if a.peak_tflops else matmul_peak(a.device, dtype)
     med = statistics.median(times)
-    r = t.arch
+    r = t.task.arch
     dev = torch.cuda.get_device_name() if a.device == "cuda" else f"{os.cpu_count()} CPUs, {a.threads} threads"
     print(f"StyleGAN iteration at {r.resolution}x{r.resolution}: batch {a.batch}, {a.precision}, "
           f"channels_last={a.channels_last}, compile={a.compile}, channel_base {r.channel_base}, "
