@@ -42,8 +42,18 @@ def _get(d, keys: list[str]):
     return d
 
 
-def set_dotted(d: dict, dotted: str, value, where: str):
+def split_path(dotted: str) -> list[str]:
+    """Dotted override path -> keys. Keys of ``schedule.values`` are themselves paths ("ema_kimg", "g_opt.beta2",
+    "regularizers[0].gamma"): one segment for ema_kimg, else two, and what follows is a field of the curve, so
+    ``schedule.values.regularizers[0].gamma.end=0.05`` sets that curve's end."""
     keys = dotted.split(".")
+    if keys[:2] == ["schedule", "values"] and len(keys) > 3 and keys[2] != "ema_kimg":
+        keys = [*keys[:2], f"{keys[2]}.{keys[3]}", *keys[4:]]
+    return keys
+
+
+def set_dotted(d: dict, dotted: str, value, where: str):
+    keys = split_path(dotted)
     cur = d
     for i, k in enumerate(keys[:-1]):
         if k.isdigit() and isinstance(cur, list):

@@ -100,3 +100,18 @@ def test_changing_a_plugin_type_drops_the_previous_types_options(tmp_path):
     # not plugin blocks: a schedule curve's keys mean the same for every type
     r = load(tmp_path, {**raw, "schedule": {"lr": {"type": "linear", "end": 0.5}}}, ["schedule.lr.type=cosine"])
     assert r.schedule.lr.end == 0.5
+
+
+def test_overrides_address_scheduled_values_by_their_paths():
+    """Keys of schedule.values are paths with dots and brackets; an override reaches a curve and its fields."""
+    from pathlib import Path
+
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "r3gan.yaml"
+    r = config.load_recipe(recipe, ["schedule.values.regularizers[0].gamma={type: linear, start: 1.0, end: 0.1}",
+                                    "schedule.values.regularizers[1].gamma.end=0.02",
+                                    "schedule.values.g_opt.beta2.start=0.8", "schedule.values.ema_kimg.end=5"])
+    v = r.schedule.values
+    assert (v["regularizers[0].gamma"].type, v["regularizers[0].gamma"].end) == ("linear", 0.1)
+    assert (v["regularizers[1].gamma"].start, v["regularizers[1].gamma"].end) == (0.5, 0.02)  # other fields kept
+    assert v["g_opt.beta2"].start == 0.8 and v["ema_kimg"].end == 5
+    assert "regularizers[0]" not in v and "g_opt" not in v
