@@ -153,11 +153,14 @@ class Regularizer:
     ``ctx.real``/``ctx.fake`` require grad and ``ctx.real_logits``/``ctx.fake_logits`` are D's outputs on them; in
     the G phase the plugin gets ``ctx.G`` and draws what it needs (path length). Attributes named in
     ``schedulable`` may be driven by the recipe's ``schedule.values`` (e.g. ``regularizers[0].gamma``).
+    With ``replays_critic`` true, ``ctx.extra["real_critic"]``/``["fake_critic"]`` run D on other inputs with the
+    same augmentation draw as the logits given (finite-difference penalties); the snapshot costs nothing otherwise.
     """
 
     phase: str = "D"
     interval: int = 1
     inputs: tuple[str, ...] = ("real",)
+    replays_critic: bool = False
     schedulable: tuple[str, ...] = ()
 
     def penalty(self, ctx: PhaseContext) -> tuple[torch.Tensor, Stats]:

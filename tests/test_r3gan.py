@@ -122,8 +122,8 @@ def test_resume_across_schedule_points_is_bit_identical(tmp_path, data_cache):
     tb = ckpt_tensors(sorted((tmp_path / "runs/part/checkpoints").glob("step-*"))[-1])
     diff = [k for k in ta if not torch.equal(ta[k], tb[k])]
     assert ta.keys() == tb.keys() and not diff, f"resumed run differs in {diff[:5]}"
-    opt = json.loads((tmp_path / "runs/full/log.jsonl").read_text().splitlines()[-1])
-    assert opt["step"] == 10
+    last = json.loads((tmp_path / "runs/full/log.jsonl").read_text().splitlines()[-1])
+    assert last["step"] == 10
 
 
 def test_scheduled_beta2_reaches_adam(tmp_path, data_cache):

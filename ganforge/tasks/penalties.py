@@ -32,7 +32,8 @@ def d_context(reg, D, critic, real, fake, **fields) -> PhaseContext:
     for name, x in (("real", real), ("fake", fake)):
         if name in getattr(reg, "inputs", ("real",)):
             x = tree_map(lambda t: t.detach().requires_grad_(True), x)
-            extra[f"{name}_critic"] = replaying(critic, x)
+            if getattr(reg, "replays_critic", False):  # an RNG snapshot per sample set, only when asked
+                extra[f"{name}_critic"] = replaying(critic, x)
             kw[name], kw[f"{name}_logits"] = x, critic(x)
     return PhaseContext(D=D, batch_size=batch_size(real), extra=extra, **kw, **fields)
 

@@ -36,6 +36,10 @@ class R1(Regularizer):
             raise ValueError(f"fd_eps must be > 0, got {fd_eps}")
         self.gamma, self.interval, self.method, self.fd_eps = gamma, interval, method, fd_eps
 
+    @property
+    def replays_critic(self) -> bool:  # the finite difference needs D at x + eps v with x's augmentation
+        return self.method == "finite_difference"
+
     def penalty(self, ctx: PhaseContext):
         (name,) = self.inputs
         samples, logits = getattr(ctx, name), getattr(ctx, f"{name}_logits")
